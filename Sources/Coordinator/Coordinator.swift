@@ -1,0 +1,1 @@
+// Coordinator: see DESIGN.md §2.

@@ -1,0 +1,1 @@
+// Data: see DESIGN.md §2.

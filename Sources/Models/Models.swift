@@ -1,0 +1,1 @@
+// Models: see DESIGN.md §2.

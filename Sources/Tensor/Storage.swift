@@ -1,0 +1,32 @@
+import Foundation
+
+/// A reference-counted, 64-byte-aligned buffer of `Float`s shared by a tensor and its views.
+public final class TensorStorage: @unchecked Sendable {
+    /// Start of the buffer; valid for `count` elements while the storage is alive.
+    public let pointer: UnsafeMutablePointer<Float>
+    public let count: Int
+
+    /// Allocates `count` floats, zero-filled.
+    public init(count: Int) {
+        precondition(count >= 0, "negative storage size")
+        var raw: UnsafeMutableRawPointer? = nil
+        // posix_memalign with a zero size may return nil; always ask for at least one element.
+        let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
+            fatalError("Sura: out of memory allocating \(bytes) bytes")
+        }
+        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        pointer.initialize(repeating: 0, count: max(count, 1))
+        self.count = count
+    }
+
+    /// Allocates and copies `values`.
+    public convenience init(_ values: [Float]) {
+        self.init(count: values.count)
+        values.withUnsafeBufferPointer { buf in
+            if let base = buf.baseAddress { pointer.update(from: base, count: values.count) }
+        }
+    }
+
+    deinit { free(pointer) }
+}

@@ -1,0 +1,1 @@
+// Worker: see DESIGN.md §2.
