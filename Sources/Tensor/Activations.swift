@@ -11,7 +11,7 @@ extension Tensor {
         let x = self
         return Tensor.record(name, out, [self]) { g in
             let gc = g.contiguous(), xc = x.contiguous()
-            let r = Tensor(zeros: x.shape)
+            let r = Tensor.uninitialized(x.shape)
             let pg = gc.pointer, px = xc.pointer, pr = r.storage.pointer
             parallelFor(r.count, grain: 16_384) { s, e in for i in s..<e { pr[i] = pg[i] * derivative(px[i]) } }
             return [r]

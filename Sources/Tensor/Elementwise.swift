@@ -11,7 +11,7 @@ extension Tensor {
         guard let shape = broadcastShape(a.shape, b.shape) else {
             preconditionFailure("\(op): shapes \(a.shape) and \(b.shape) do not broadcast")
         }
-        let out = Tensor(zeros: shape)
+        let out = Tensor.uninitialized(shape)
         let n = out.count
         if n == 0 { return out }
         let o = out.storage.pointer
@@ -43,7 +43,7 @@ extension Tensor {
     @inline(__always)
     static func mapApply(_ a: Tensor, _ f: (Float) -> Float) -> Tensor {
         let src = a.contiguous()
-        let out = Tensor(zeros: a.shape)
+        let out = Tensor.uninitialized(a.shape)
         let pa = src.pointer, o = out.storage.pointer
         parallelFor(out.count, grain: 16_384) { s, e in for i in s..<e { o[i] = f(pa[i]) } }
         return out

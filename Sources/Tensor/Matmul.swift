@@ -54,7 +54,10 @@ extension Tensor {
         guard let batch = Tensor.broadcastShape(aBatch, bBatch) else {
             preconditionFailure("matmul: batch dimensions \(aBatch) and \(bBatch) do not broadcast")
         }
-        let out = Tensor(zeros: batch + [m, n])
+        // sgemm with β = 0 overwrites every element, so the output needs no clearing (unless k = 0).
+        let outShape = batch + [m, n]
+        let out = k == 0 ? Tensor(zeros: outShape)
+            : Tensor(storage: TensorStorage(uninitializedCount: Tensor.count(outShape)), shape: outShape)
         Tensor.matmulForward(a, b, into: out, batch: batch, m: m, n: n, k: k)
         return Tensor.record("matmul", out, [a, b]) { g in
             let ga: Tensor? = a.requiresGrad ? g.matmul(b.transposed(-1, -2)).sumTo(a.shape) : nil

@@ -7,7 +7,13 @@ public final class TensorStorage: @unchecked Sendable {
     public let count: Int
 
     /// Allocates `count` floats, zero-filled.
-    public init(count: Int) {
+    public convenience init(count: Int) {
+        self.init(uninitializedCount: count)
+        pointer.update(repeating: 0, count: Swift.max(count, 1))
+    }
+
+    /// Allocates `count` floats without clearing them, for outputs a kernel overwrites entirely.
+    public init(uninitializedCount count: Int) {
         precondition(count >= 0, "negative storage size")
         var raw: UnsafeMutableRawPointer? = nil
         // posix_memalign with a zero size may return nil; always ask for at least one element.
@@ -16,7 +22,6 @@ public final class TensorStorage: @unchecked Sendable {
             fatalError("Sura: out of memory allocating \(bytes) bytes")
         }
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
-        pointer.initialize(repeating: 0, count: max(count, 1))
         self.count = count
     }
 

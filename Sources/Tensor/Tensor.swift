@@ -54,6 +54,11 @@ public final class Tensor: CustomStringConvertible, @unchecked Sendable {
     }
     public static func zeros(like t: Tensor) -> Tensor { Tensor(zeros: t.shape) }
 
+    /// A new contiguous tensor whose values are garbage: only for kernels that write every element.
+    public static func uninitialized(_ shape: [Int]) -> Tensor {
+        Tensor(storage: TensorStorage(uninitializedCount: count(shape)), shape: shape)
+    }
+
     /// [0, 1, …, n−1] as floats.
     public static func arange(_ n: Int) -> Tensor {
         Tensor(shape: [n], data: (0..<n).map(Float.init))
@@ -137,7 +142,7 @@ public final class Tensor: CustomStringConvertible, @unchecked Sendable {
 
     /// A fresh contiguous copy of the values, outside the graph.
     public func contiguousCopy() -> Tensor {
-        let out = Tensor(zeros: shape)
+        let out = Tensor.uninitialized(shape)
         copyStrided(into: out.storage.pointer)
         return out
     }
