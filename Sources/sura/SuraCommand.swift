@@ -1,0 +1,32 @@
+import ArgumentParser
+import Foundation
+import Tensor
+
+/// The user CLI. Each subcommand lives in its own file; this one only lists them.
+@main
+struct SuraCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sura",
+        abstract: "Train and serve LLM-enhanced text-to-image diffusion adapters.",
+        subcommands: [InspectCommand.self, BenchCommand.self, DemoCommand.self])
+}
+
+/// Options every compute command shares.
+struct ComputeOptions: ParsableArguments {
+    @Option(name: .long, help: "Threads for BLAS and Sura's parallel loops (default: SURA_THREADS or all cores).")
+    var threads: Int?
+
+    /// Applies the thread setting before any work starts.
+    func apply() throws {
+        if let threads {
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+            Threads.count = threads
+        }
+    }
+}
+
+/// Errors a command reports to the user: printed as the message alone, exit status 1.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
