@@ -1,67 +1,103 @@
 import Foundation
 
 // Activation functions as fused elementwise kernels: forward, then its derivative.
+// Each is a kernel type rather than a closure so that the loops inside `parallelFor` are
+// specialised for it and vectorise (a closure captured by the parallel loop is an indirect call
+// per element).
+
+/// f(x) and f'(x) for one activation.
+protocol ActivationKernel {
+    static var name: String { get }
+    static func value(_ x: Float) -> Float
+    static func derivative(_ x: Float) -> Float
+}
 
 extension Tensor {
-    /// Applies `f` and records the backward g · f'(x), with f' computed from x.
-    @inline(__always)
-    func activation(_ name: String, _ f: (Float) -> Float,
-                    derivative: @escaping (Float) -> Float) -> Tensor {
-        let out = Tensor.mapApply(self, f)
-        let x = self
-        return Tensor.record(name, out, [self]) { g in
-            let gc = g.contiguous(), xc = x.contiguous()
-            let r = Tensor.uninitialized(x.shape)
-            let pg = gc.pointer, px = xc.pointer, pr = r.storage.pointer
-            parallelFor(r.count, grain: 16_384) { s, e in for i in s..<e { pr[i] = pg[i] * derivative(px[i]) } }
+    /// Applies `K` elementwise and records the backward g · K'(x), with K' computed from x.
+    func activation<K: ActivationKernel>(_ kernel: K.Type) -> Tensor {
+        let xc = contiguous()
+        let out = Tensor.uninitialized(shape)
+        let px = xc.pointer, po = out.storage.pointer
+        parallelFor(out.count, grain: 16_384) { s, e in for i in s..<e { po[i] = K.value(px[i]) } }
+        return Tensor.record(K.name, out, [self]) { g in
+            let gc = g.contiguous()
+            let r = Tensor.uninitialized(xc.shape)
+            let pg = gc.pointer, pr = r.storage.pointer
+            parallelFor(r.count, grain: 16_384) { s, e in for i in s..<e { pr[i] = pg[i] * K.derivative(px[i]) } }
             return [r]
         }
     }
 
     /// max(0, x). d/dx = 1 for x > 0, else 0.
-    public func relu() -> Tensor {
-        activation("relu", { Swift.max($0, 0) }, derivative: { $0 > 0 ? 1 : 0 })
-    }
+    public func relu() -> Tensor { activation(ReLUKernel.self) }
 
     /// σ(x) = 1/(1+e⁻ˣ). d/dx = σ(x)(1−σ(x)).
-    public func sigmoid() -> Tensor {
-        activation("sigmoid", stableSigmoid, derivative: { let s = stableSigmoid($0); return s * (1 - s) })
-    }
+    public func sigmoid() -> Tensor { activation(SigmoidKernel.self) }
 
     /// tanh x. d/dx = 1 − tanh²x.
-    public func tanh() -> Tensor {
-        activation("tanh", vectorTanh, derivative: { let t = vectorTanh($0); return 1 - t * t })
-    }
+    public func tanh() -> Tensor { activation(TanhKernel.self) }
 
     /// SiLU (swish): x·σ(x). d/dx = σ(x)(1 + x(1−σ(x))).
-    public func silu() -> Tensor {
-        activation("silu", { $0 * stableSigmoid($0) },
-                   derivative: { let s = stableSigmoid($0); return s * (1 + $0 * (1 - s)) })
-    }
+    public func silu() -> Tensor { activation(SiLUKernel.self) }
 
     /// GELU. Exact form x·Φ(x) = ½x(1 + erf(x/√2)); with `approximateTanh`,
     /// ½x(1 + tanh(√(2/π)(x + 0.044715x³))) as in PyTorch's `approximate="tanh"`.
     public func gelu(approximateTanh: Bool = false) -> Tensor {
-        if approximateTanh {
-            let k: Float = (2 / Float.pi).squareRoot()
-            return activation("gelu_tanh", { x in
-                0.5 * x * (1 + vectorTanh(k * (x + 0.044715 * x * x * x)))
-            }, derivative: { x in
-                let u = k * (x + 0.044715 * x * x * x)
-                let t = vectorTanh(u)
-                return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
-            })
-        }
-        let invSqrt2: Float = 1 / Float(2).squareRoot()
-        let invSqrt2Pi: Float = 1 / (2 * Float.pi).squareRoot()
-        return activation("gelu", { x in 0.5 * x * (1 + vectorErf(x * invSqrt2)) },
-                          derivative: { x in 0.5 * (1 + vectorErf(x * invSqrt2)) + x * invSqrt2Pi * vectorExp(-0.5 * x * x) })
+        approximateTanh ? activation(GELUTanhKernel.self) : activation(GELUKernel.self)
     }
 
     /// QuickGELU (CLIP): x·σ(1.702x). d/dx = σ(1.702x)(1 + 1.702x(1−σ(1.702x))).
-    public func quickGelu() -> Tensor {
-        activation("quick_gelu", { $0 * stableSigmoid(1.702 * $0) },
-                   derivative: { let s = stableSigmoid(1.702 * $0); return s * (1 + 1.702 * $0 * (1 - s)) })
+    public func quickGelu() -> Tensor { activation(QuickGELUKernel.self) }
+}
+
+enum ReLUKernel: ActivationKernel {
+    static let name = "relu"
+    @inline(__always) static func value(_ x: Float) -> Float { x > 0 ? x : 0 }
+    @inline(__always) static func derivative(_ x: Float) -> Float { x > 0 ? 1 : 0 }
+}
+
+enum SigmoidKernel: ActivationKernel {
+    static let name = "sigmoid"
+    @inline(__always) static func value(_ x: Float) -> Float { stableSigmoid(x) }
+    @inline(__always) static func derivative(_ x: Float) -> Float { let s = stableSigmoid(x); return s * (1 - s) }
+}
+
+enum TanhKernel: ActivationKernel {
+    static let name = "tanh"
+    @inline(__always) static func value(_ x: Float) -> Float { vectorTanh(x) }
+    @inline(__always) static func derivative(_ x: Float) -> Float { let t = vectorTanh(x); return 1 - t * t }
+}
+
+enum SiLUKernel: ActivationKernel {
+    static let name = "silu"
+    @inline(__always) static func value(_ x: Float) -> Float { x * stableSigmoid(x) }
+    @inline(__always) static func derivative(_ x: Float) -> Float { let s = stableSigmoid(x); return s * (1 + x * (1 - s)) }
+}
+
+enum GELUKernel: ActivationKernel {
+    static let name = "gelu"
+    // Literals, not static lets: a lazily initialised global costs a once-check inside the loop.
+    @inline(__always) static func value(_ x: Float) -> Float { 0.5 * x * (1 + vectorErf(x * 0.707_106_77)) }
+    @inline(__always) static func derivative(_ x: Float) -> Float {
+        0.5 * (1 + vectorErf(x * 0.707_106_77)) + x * 0.398_942_28 * vectorExp(-0.5 * x * x)
+    }
+}
+
+enum GELUTanhKernel: ActivationKernel {
+    static let name = "gelu_tanh"
+    @inline(__always) static func value(_ x: Float) -> Float { 0.5 * x * (1 + vectorTanh(0.797_884_56 * (x + 0.044715 * x * x * x))) }
+    @inline(__always) static func derivative(_ x: Float) -> Float {
+        let t = vectorTanh(0.797_884_56 * (x + 0.044715 * x * x * x))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * 0.797_884_56 * (1 + 3 * 0.044715 * x * x)
+    }
+}
+
+enum QuickGELUKernel: ActivationKernel {
+    static let name = "quick_gelu"
+    @inline(__always) static func value(_ x: Float) -> Float { x * stableSigmoid(1.702 * x) }
+    @inline(__always) static func derivative(_ x: Float) -> Float {
+        let s = stableSigmoid(1.702 * x)
+        return s * (1 + 1.702 * x * (1 - s))
     }
 }
 
