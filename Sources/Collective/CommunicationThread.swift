@@ -1,0 +1,192 @@
+import Foundation
+
+/// The handle of a job started with `Communicator.runInBackground` (for example an asynchronous
+/// allreduce). The job's buffers belong to it until `wait()` returns.
+public final class CollectiveRequest {
+    private let condition = NSCondition()
+    private var finished = false
+    private var failure: Error?
+
+    init() {}
+
+    /// A request that is already complete, for work that needed no communication.
+    static func completed(throwing error: Error? = nil) -> CollectiveRequest {
+        let request = CollectiveRequest()
+        request.finish(error)
+        return request
+    }
+
+    /// True once the job has ended, successfully or not. Never blocks.
+    public var isComplete: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return finished
+    }
+
+    /// Blocks until the job has ended and rethrows its error. The job's own waits are bounded by
+    /// the communicator's timeout, so this returns (or throws) within about that long after the
+    /// last peer stopped answering.
+    public func wait() throws {
+        condition.lock()
+        while !finished { condition.wait() }
+        let error = failure
+        condition.unlock()
+        if let error { throw error }
+    }
+
+    func finish(_ error: Error?) {
+        condition.lock()
+        finished = true
+        failure = error
+        condition.broadcast()
+        condition.unlock()
+    }
+}
+
+/// A FIFO job queue drained by one dedicated thread. Kept apart from `CommunicationThread` so the
+/// running thread does not keep its owner alive.
+private final class JobQueue {
+    private let condition = NSCondition()
+    private var jobs: [() -> Void] = []
+    private var stopping = false
+
+    func push(_ job: @escaping () -> Void) {
+        condition.lock()
+        jobs.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// The thread's body: run jobs in order until stopped and empty.
+    func drain() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty && !stopping { condition.wait() }
+            if jobs.isEmpty {
+                condition.unlock()
+                return
+            }
+            let job = jobs.removeFirst()
+            condition.unlock()
+            job()
+        }
+    }
+}
+
+/// One communicator's communication thread, started on the first background job. Jobs run one at
+/// a time in submission order, which is what keeps collectives in the same order on every rank.
+final class CommunicationThread {
+    private let queue = JobQueue()
+    private let name: String
+    private let startLock = NSLock()
+    private var started = false
+
+    init(name: String) {
+        self.name = name
+    }
+
+    deinit {
+        queue.stop()
+    }
+
+    /// Queues `job`; the returned request completes when it has run.
+    func submit(_ job: @escaping () throws -> Void) -> CollectiveRequest {
+        startIfNeeded()
+        let request = CollectiveRequest()
+        queue.push {
+            do {
+                try job()
+                request.finish(nil)
+            } catch {
+                request.finish(error)
+            }
+        }
+        return request
+    }
+
+    private func startIfNeeded() {
+        startLock.lock()
+        defer { startLock.unlock() }
+        guard !started else { return }
+        started = true
+        let queue = self.queue
+        let thread = Thread { queue.drain() }
+        thread.name = name
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+}
+
+/// The timeout and the sent-bytes counter, shared by a communicator and its background duplicate
+/// (the duplicate runs on another thread, hence the lock).
+final class ChannelState {
+    private let lock = NSLock()
+    private var timeoutSeconds: Double
+    private var sent = 0
+
+    init(timeout: Double) {
+        timeoutSeconds = timeout
+    }
+
+    var timeout: Double {
+        get { lock.lock(); defer { lock.unlock() }; return timeoutSeconds }
+        set { lock.lock(); timeoutSeconds = newValue; lock.unlock() }
+    }
+
+    var bytesSent: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return sent
+    }
+
+    func countSent(_ bytes: Int) {
+        lock.lock()
+        sent += bytes
+        lock.unlock()
+    }
+}
+
+/// Monotonic deadline arithmetic for the polling loops.
+struct Deadline {
+    let seconds: Double
+    private let end: UInt64
+
+    init(seconds: Double) {
+        self.seconds = seconds
+        let nanos = seconds.isFinite ? UInt64(max(0, min(seconds, 1e9)) * 1e9) : UInt64.max / 2
+        end = DispatchTime.now().uptimeNanoseconds &+ nanos
+    }
+
+    var hasPassed: Bool { DispatchTime.now().uptimeNanoseconds >= end }
+
+    /// The same instant as a `Date`, for `NSCondition.wait(until:)`.
+    var date: Date {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let remaining = end > now ? Double(end - now) / 1e9 : 0
+        return Date(timeIntervalSinceNow: remaining)
+    }
+}
+
+/// Waiting between polls of an MPI request: yield the core for the first couple of milliseconds
+/// (latency matters for small messages), then sleep with growing pauses up to half a millisecond
+/// so a communication thread does not steal a core from backward on a small machine.
+struct PollingBackoff {
+    private let start = DispatchTime.now().uptimeNanoseconds
+    private var sleepMicros: UInt32 = 20
+
+    mutating func pause() {
+        if DispatchTime.now().uptimeNanoseconds - start < 2_000_000 {
+            sched_yield()
+            return
+        }
+        usleep(sleepMicros)
+        sleepMicros = min(sleepMicros * 2, 500)
+    }
+}
