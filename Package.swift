@@ -42,7 +42,7 @@ let package = Package(
 
         // Libraries.
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CPNG"], swiftSettings: kernelSettings),
-        .target(name: "Models", dependencies: ["Tensor"], swiftSettings: v5),
+        .target(name: "Models", dependencies: ["Tensor", "COpenBLAS"], swiftSettings: kernelSettings),
         .target(name: "Data", dependencies: ["Models"], swiftSettings: v5),
         .target(name: "Collective", dependencies: ["CMPIShim"], swiftSettings: v5),
         .target(name: "Worker", dependencies: ["Data", "Collective"], swiftSettings: v5),
