@@ -62,5 +62,7 @@ let package = Package(
         .testTarget(name: "ModelsTests", dependencies: ["Models"],
                     resources: [.copy("Fixtures")], swiftSettings: v5),
         .testTarget(name: "CollectiveTests", dependencies: ["Collective"], swiftSettings: v5),
+        .testTarget(name: "DataTests", dependencies: ["Data"],
+                    resources: [.copy("Fixtures")], swiftSettings: v5),
     ]
 )

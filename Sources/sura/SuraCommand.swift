@@ -8,7 +8,7 @@ struct SuraCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sura",
         abstract: "Train and serve LLM-enhanced text-to-image diffusion adapters.",
-        subcommands: [InspectCommand.self, BenchCommand.self, DemoCommand.self, SelfTestCommand.self])
+        subcommands: [InspectCommand.self, DataCommand.self, BenchCommand.self, DemoCommand.self, SelfTestCommand.self])
 }
 
 /// Options every compute command shares.
