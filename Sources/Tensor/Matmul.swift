@@ -23,9 +23,31 @@ struct GemmOperand {
 }
 
 /// C[m, n] = A[m, k] · B[k, n] (row-major), with A and B described by `GemmOperand`s.
+/// A single row or column goes to sgemv: OpenBLAS's sgemm repacks the whole other operand on
+/// every call, which dominates one-token decoding (m = 1 against a [vocab, hidden] weight).
 @inline(__always)
 func sgemm(_ a: UnsafePointer<Float>, _ opA: GemmOperand, _ b: UnsafePointer<Float>, _ opB: GemmOperand,
            _ c: UnsafeMutablePointer<Float>, m: Int, n: Int, k: Int, beta: Float = 0) {
+    if m == 1 && n > 1 && k > 0 {
+        // c[n] = Bᵀ·a. a's k elements sit at stride 1 (row) or lda (stored as a column).
+        let incA = opA.transpose ? opA.ld : 1
+        if opB.transpose {  // B stored as [n, k]
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, b, opB.ld, a, incA, beta, c, 1)
+        } else {            // B stored as [k, n]
+            cblas_sgemv(CblasRowMajor, CblasTrans, Int32(k), Int32(n), 1, b, opB.ld, a, incA, beta, c, 1)
+        }
+        return
+    }
+    if n == 1 && m > 1 && k > 0 {
+        // c[m] = A·b. b's k elements sit at stride ldb (stored as a column) or 1 (stored as a row).
+        let incB = opB.transpose ? 1 : opB.ld
+        if opA.transpose {  // A stored as [k, m]
+            cblas_sgemv(CblasRowMajor, CblasTrans, Int32(k), Int32(m), 1, a, opA.ld, b, incB, beta, c, 1)
+        } else {            // A stored as [m, k]
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(m), Int32(k), 1, a, opA.ld, b, incB, beta, c, 1)
+        }
+        return
+    }
     cblas_sgemm(CblasRowMajor, opA.transpose ? CblasTrans : CblasNoTrans, opB.transpose ? CblasTrans : CblasNoTrans,
                 Int32(m), Int32(n), Int32(k), 1, a, opA.ld, b, opB.ld, beta, c, Int32(n))
 }

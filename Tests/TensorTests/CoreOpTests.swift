@@ -179,3 +179,29 @@ final class CoreOpTests: XCTestCase {
         XCTAssertEqual(n.variance(axes: [0]).item, 1, accuracy: 0.05)
     }
 }
+
+/// Single-row and single-column products take the sgemv path; every operand layout must agree
+/// with the naive product.
+final class MatrixVectorTests: XCTestCase {
+    func naive(_ a: Tensor, _ b: Tensor) -> [Float] {
+        let m = a.shape[0], k = a.shape[1], n = b.shape[1]
+        var out = [Float](repeating: 0, count: m * n)
+        for i in 0..<m { for j in 0..<n { for p in 0..<k { out[i * n + j] += a[i, p] * b[p, j] } } }
+        return out
+    }
+
+    func testRowAndColumnProductsInEveryLayout() {
+        for (m, k, n) in [(1, 7, 5), (6, 7, 1), (1, 1, 4), (3, 1, 1)] {
+            let a = randomTensor([m, k], seed: 21, requiresGrad: false)
+            let b = randomTensor([k, n], seed: 22, requiresGrad: false)
+            let aT = a.transposed().contiguous().transposed()  // same values, column-major storage
+            let bT = b.transposed().contiguous().transposed()
+            let expected = naive(a, b)
+            for (x, y) in [(a, b), (aT, b), (a, bT), (aT, bT)] {
+                assertClose(x.matmul(y).scalars, expected, atol: 1e-5, rtol: 1e-5)
+            }
+        }
+        let a = randomTensor([1, 6], seed: 23), w = randomTensor([4, 6], seed: 24)
+        assertGradients([a, w]) { $0[0].matmul($0[1].transposed()) }
+    }
+}
