@@ -26,6 +26,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // System libraries, found through pkg-config.
@@ -46,7 +47,7 @@ let package = Package(
         .target(name: "Data", dependencies: ["Models"], swiftSettings: v5),
         .target(name: "Collective", dependencies: ["CMPIShim"], swiftSettings: v5),
         .target(name: "Worker", dependencies: ["Data", "Collective"], swiftSettings: v5),
-        .target(name: "Coordinator", dependencies: ["Worker", "CZeroMQ"], swiftSettings: v5),
+        .target(name: "Coordinator", dependencies: ["Worker", "CZeroMQ", "Yams"], swiftSettings: v5),
 
         // Executables.
         .executableTarget(name: "train", dependencies: [
@@ -64,5 +65,8 @@ let package = Package(
         .testTarget(name: "CollectiveTests", dependencies: ["Collective"], swiftSettings: v5),
         .testTarget(name: "DataTests", dependencies: ["Data"],
                     resources: [.copy("Fixtures")], swiftSettings: v5),
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Yams"],
+                    resources: [.copy("Fixtures")], swiftSettings: v5),
+        .testTarget(name: "WorkerTests", dependencies: ["Worker"], swiftSettings: v5),
     ]
 )

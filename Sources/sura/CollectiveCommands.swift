@@ -39,7 +39,7 @@ struct CollectiveBench: ParsableCommand {
 struct SelfTestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "selftest", abstract: "Check collectives on this deployment.",
-        shouldDisplay: false, subcommands: [CollectiveSelfTestCommand.self])
+        shouldDisplay: false, subcommands: [CollectiveSelfTestCommand.self, TrainingSelfTestCommand.self])
 }
 
 /// `mpirun -np N sura selftest collective`: every collective operation with known values.

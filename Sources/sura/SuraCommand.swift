@@ -8,7 +8,8 @@ struct SuraCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sura",
         abstract: "Train and serve LLM-enhanced text-to-image diffusion adapters.",
-        subcommands: [InspectCommand.self, DataCommand.self, BenchCommand.self, DemoCommand.self, SelfTestCommand.self])
+        subcommands: [InspectCommand.self, DataCommand.self, ServeCommand.self, WorkerCommand.self,
+                      SubmitCommand.self, JobsCommand.self, BenchCommand.self, DemoCommand.self, SelfTestCommand.self])
 }
 
 /// Options every compute command shares.

@@ -1,1 +1,0 @@
-// Coordinator: see DESIGN.md §2.

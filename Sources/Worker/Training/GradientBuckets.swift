@@ -1,0 +1,356 @@
+import Collective
+import Foundation
+import Tensor
+
+/// Which allreduce reduces the gradient buckets.
+public enum AllreduceAlgorithm: String, Sendable, CaseIterable {
+    /// The communicator's own (`MPI_Iallreduce` under mpirun). MPI cannot say which rank is
+    /// missing when it stalls.
+    case native
+    /// Sura's ring (`RingAllreduce`): point-to-point only, so a stall names the silent neighbour.
+    case ring
+}
+
+/// How parameters are cut into buckets (sizes in bytes of float32 gradients).
+public struct GradientBucketOptions: Sendable, Equatable {
+    /// Cap of every bucket but the first; PyTorch DDP's default is 25 MiB.
+    public var capBytes: Int
+    /// Cap of the first bucket (the last layers' gradients, ready first): small, so the first
+    /// allreduce starts early in backward (PyTorch uses 1 MiB).
+    public var firstCapBytes: Int
+    public var algorithm: AllreduceAlgorithm
+
+    public init(capBytes: Int = 25 << 20, firstCapBytes: Int = 1 << 20, algorithm: AllreduceAlgorithm = .native) {
+        self.capBytes = capBytes
+        self.firstCapBytes = firstCapBytes
+        self.algorithm = algorithm
+    }
+}
+
+/// The assignment of parameters to buckets, in REVERSE registration order: backward produces
+/// the last layer's gradients first, so bucket 0 holds the last parameters and is the first one
+/// complete. A bucket is closed once it reaches its cap (the parameter that crosses the cap
+/// stays in it, so a parameter larger than the cap gets a bucket of its own), as PyTorch does.
+public struct GradientBucketLayout: Equatable, Sendable {
+    public struct Bucket: Equatable, Sendable {
+        /// Indices into the parameter list, in the order they sit in the bucket.
+        public let parameters: [Int]
+        /// Element offset of each of those parameters in the bucket's flat buffer.
+        public let offsets: [Int]
+        /// Number of gradient elements in the bucket.
+        public let elementCount: Int
+    }
+
+    public let buckets: [Bucket]
+
+    /// - Parameter elementCounts: each parameter's element count, in registration order.
+    public init(elementCounts: [Int], options: GradientBucketOptions = GradientBucketOptions()) {
+        let bytes = MemoryLayout<Float>.stride
+        var buckets: [Bucket] = []
+        var members: [Int] = [], offsets: [Int] = [], filled = 0
+        for index in elementCounts.indices.reversed() {
+            members.append(index)
+            offsets.append(filled)
+            filled += elementCounts[index]
+            let cap = buckets.isEmpty ? options.firstCapBytes : options.capBytes
+            if filled * bytes >= cap {
+                buckets.append(Bucket(parameters: members, offsets: offsets, elementCount: filled))
+                members = []; offsets = []; filled = 0
+            }
+        }
+        if !members.isEmpty {
+            buckets.append(Bucket(parameters: members, offsets: offsets, elementCount: filled))
+        }
+        self.buckets = buckets
+    }
+}
+
+/// What one gradient synchronisation did, for logs, tests and the benchmark.
+public struct GradientSyncReport: Sendable {
+    /// Bucket indices in launch order (always 0, 1, 2, … : the same on every rank).
+    public var launchOrder: [Int] = []
+    /// Buckets launched while backward was still running (the rest after it returned).
+    public var launchedDuringBackward = 0
+    /// Seconds each bucket's allreduce ran on the communication thread, by bucket index.
+    public var communicationSeconds: [Double] = []
+    /// Seconds the training thread waited for the allreduces after backward returned: the part
+    /// of the communication not hidden behind backward.
+    public var exposedWaitSeconds = 0.0
+    /// Seconds backward ran (the body given to `reduce(during:)`).
+    public var backwardSeconds = 0.0
+}
+
+/// Why data-parallel training stopped. Ranks are world ranks.
+public enum DataParallelError: Error, CustomStringConvertible, Equatable {
+    /// A gradient allreduce (or another collective of the step) waited longer than the stall
+    /// timeout. `peers` are the ranks that had not arrived; empty when the MPI library cannot tell.
+    case stalled(operation: String, peers: [Int], seconds: Double)
+    /// Replicas do not hold the same parameter list (names, shapes or order differ).
+    case parameterMismatch(rank: Int, detail: String)
+    /// Replicas' parameters have drifted apart (they must stay bitwise identical).
+    case replicasDiverged(rank: Int, parameter: String)
+    /// A setting outside its allowed range.
+    case invalidSetting(name: String, value: String, allowed: String)
+
+    public var description: String {
+        switch self {
+        case let .stalled(operation, peers, seconds):
+            let limit = String(format: "%g s", seconds)
+            if peers.isEmpty {
+                return "\(operation) stalled for \(limit): some rank is dead or stalled (MPI cannot say which; "
+                    + "the ring algorithm names the missing neighbour)"
+            }
+            let names = peers.map { "rank \($0)" }.joined(separator: ", ")
+            return "\(operation) stalled for \(limit): \(names) \(peers.count == 1 ? "has" : "have") not arrived "
+                + "(dead or stalled)"
+        case let .parameterMismatch(rank, detail):
+            return "rank \(rank) has a different parameter list: \(detail)"
+        case let .replicasDiverged(rank, parameter):
+            return "rank \(rank)'s parameter '\(parameter)' differs from rank 0's; replicas must stay identical"
+        case let .invalidSetting(name, value, allowed):
+            return "data-parallel setting \(name) = \(value) is invalid; allowed: \(allowed)"
+        }
+    }
+
+    /// Turns a collective timeout into a stall naming the missing ranks; other errors pass through.
+    static func from(_ error: Error, operation: String) -> Error {
+        if case let CollectiveError.timeout(inner, peers, seconds) = error {
+            return DataParallelError.stalled(operation: "\(operation) (\(inner))", peers: peers, seconds: seconds)
+        }
+        return error
+    }
+}
+
+/// Averages the gradients of a parameter list across a data-parallel group in buckets, each
+/// bucket's allreduce starting on the communication thread as soon as backward has produced all
+/// of its gradients, so communication overlaps the rest of backward (PyTorch DDP's reducer).
+///
+/// Every bucket's flat buffer holds its gradients followed by one presence flag per parameter
+/// (1 when this rank has a gradient). After the average a flag is > 0 when any rank had that
+/// gradient; parameters no rank touched keep `grad == nil`, as in PyTorch. Buckets launch
+/// strictly in index order (a complete bucket waits for its predecessors), and the
+/// communication thread runs jobs first-in first-out, so every rank reduces the same bucket in
+/// the same round whatever order its gradients arrived in.
+public final class GradientBuckets {
+    public let layout: GradientBucketLayout
+    public let options: GradientBucketOptions
+    public let communicator: Communicator
+    public let parameters: [(name: String, tensor: Tensor)]
+    /// Spans of each allreduce go to the communication lane, when set.
+    public var timeline: Timeline?
+    /// The report of the latest `reduce(during:)`.
+    public private(set) var lastReport = GradientSyncReport()
+
+    private let buffers: [UnsafeMutableBufferPointer<Float>]
+    private let slot: [ObjectIdentifier: (bucket: Int, position: Int)]
+    private var remaining: [Int] = []
+    private var requests: [CollectiveRequest?] = []
+    private var nextLaunch = 0
+    private var inBackward = false
+    private let durations: DurationTable
+
+    /// - Parameters:
+    ///   - parameters: the trainable parameters, identical in name, shape and order on every rank.
+    ///   - communicator: the data-parallel group.
+    public init(parameters: [(name: String, tensor: Tensor)], communicator: Communicator,
+                options: GradientBucketOptions = GradientBucketOptions(), timeline: Timeline? = nil) throws {
+        guard options.capBytes > 0, options.firstCapBytes > 0 else {
+            throw DataParallelError.invalidSetting(
+                name: "bucket cap", value: "\(options.firstCapBytes), \(options.capBytes) bytes", allowed: "> 0")
+        }
+        var seen: [ObjectIdentifier: String] = [:]
+        for (name, tensor) in parameters {
+            if let other = seen.updateValue(name, forKey: ObjectIdentifier(tensor)) {
+                throw DataParallelError.invalidSetting(
+                    name: "parameters", value: "'\(name)' is the same tensor as '\(other)'",
+                    allowed: "each tensor once")
+            }
+        }
+        self.parameters = parameters
+        self.communicator = communicator
+        self.options = options
+        self.timeline = timeline
+        layout = GradientBucketLayout(elementCounts: parameters.map { $0.tensor.count }, options: options)
+        var slot: [ObjectIdentifier: (Int, Int)] = [:]
+        for (b, bucket) in layout.buckets.enumerated() {
+            for (position, index) in bucket.parameters.enumerated() {
+                slot[ObjectIdentifier(parameters[index].tensor)] = (b, position)
+            }
+        }
+        self.slot = slot
+        buffers = layout.buckets.map { bucket in
+            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: bucket.elementCount + bucket.parameters.count)
+            buffer.initialize(repeating: 0)
+            return buffer
+        }
+        durations = DurationTable(count: layout.buckets.count)
+    }
+
+    deinit {
+        // A failed sync has already waited for its requests, so no job still uses the buffers.
+        for buffer in buffers { buffer.deallocate() }
+    }
+
+    /// Runs `backward` (which must call `backward()` on the loss exactly once, on this thread),
+    /// launching each bucket's allreduce as soon as it is complete, then launches what is left
+    /// (parameters that got no gradient), waits for all buckets and writes the averaged
+    /// gradients back into the parameters' `grad`.
+    ///
+    /// Collective over the data-parallel group: every rank calls it for the same step.
+    /// - Throws: `DataParallelError.stalled` naming the ranks that never arrived, or the
+    ///   error `backward` threw (after waiting for the buckets already launched).
+    public func reduce<T>(during backward: () throws -> T) throws -> T {
+        begin()
+        let start = DispatchTime.now().uptimeNanoseconds
+        inBackward = true
+        let result: Result<T, Error> = Result {
+            try Tensor.observingGradientAccumulation({ [unowned self] tensor in
+                self.gradientReady(tensor)
+            }, backward)
+        }
+        inBackward = false
+        let backwardEnd = DispatchTime.now().uptimeNanoseconds
+        lastReport.backwardSeconds = Double(backwardEnd - start) / 1e9
+        lastReport.launchedDuringBackward = lastReport.launchOrder.count
+        if case .failure(let error) = result {
+            drain()
+            throw error
+        }
+        try finish()
+        lastReport.exposedWaitSeconds = Double(DispatchTime.now().uptimeNanoseconds - backwardEnd) / 1e9
+        return try result.get()
+    }
+
+    /// Reduces the gradients already accumulated (no backward to overlap): launches every
+    /// bucket, waits and writes back. Used after a pipeline's last backward or to re-sync.
+    public func reduceNow() throws {
+        try reduce(during: {})
+    }
+
+    // MARK: Steps of one sync
+
+    private func begin() {
+        remaining = layout.buckets.map { $0.parameters.count }
+        requests = Array(repeating: nil, count: layout.buckets.count)
+        nextLaunch = 0
+        lastReport = GradientSyncReport()
+        durations.reset()
+    }
+
+    /// The observer: one more gradient of its bucket is final.
+    private func gradientReady(_ tensor: Tensor) {
+        guard let (bucket, _) = slot[ObjectIdentifier(tensor)], remaining[bucket] > 0 else { return }
+        remaining[bucket] -= 1
+        while nextLaunch < layout.buckets.count && remaining[nextLaunch] == 0 {
+            launch(nextLaunch)
+            nextLaunch += 1
+        }
+    }
+
+    private func launch(_ index: Int) {
+        let bucket = layout.buckets[index]
+        let buffer = buffers[index]
+        let base = buffer.baseAddress!
+        let flags = base + bucket.elementCount
+        for (position, parameter) in bucket.parameters.enumerated() {
+            let tensor = parameters[parameter].tensor
+            let target = base + bucket.offsets[position]
+            if let grad = tensor.grad, grad.count == tensor.count {
+                grad.copyStrided(into: target)
+                flags[position] = 1
+            } else {
+                target.update(repeating: 0, count: tensor.count)
+                flags[position] = 0
+            }
+        }
+        let algorithm = options.algorithm
+        let timeline = self.timeline
+        let durations = self.durations
+        let megabytes = String(format: "%.2f MB", Double(bucket.elementCount * 4) / 1e6)
+        requests[index] = communicator.runInBackground { channel in
+            let start = timeline?.now ?? 0
+            let clock = DispatchTime.now().uptimeNanoseconds
+            defer {
+                durations.set(index, Double(DispatchTime.now().uptimeNanoseconds - clock) / 1e9)
+                timeline?.record("allreduce bucket \(index) (\(megabytes))", .allreduce, lane: .communication,
+                                 start: start, end: timeline?.now ?? 0)
+            }
+            switch algorithm {
+            case .native: try channel.allreduce(buffer, op: .average)
+            case .ring: try RingAllreduce.allreduce(buffer, op: .average, on: channel)
+            }
+        }
+        lastReport.launchOrder.append(index)
+    }
+
+    private func finish() throws {
+        while nextLaunch < layout.buckets.count {
+            launch(nextLaunch)
+            nextLaunch += 1
+        }
+        let waitStart = timeline?.now ?? 0
+        defer { timeline?.record("wait for gradients", .wait, start: waitStart, end: timeline?.now ?? 0) }
+        var failure: Error?
+        for (index, request) in requests.enumerated() {
+            do {
+                try request?.wait()
+            } catch {
+                failure = failure ?? DataParallelError.from(error, operation: "gradient allreduce of bucket \(index)")
+            }
+        }
+        lastReport.communicationSeconds = durations.values
+        if let failure { throw failure }
+        for index in layout.buckets.indices { writeBack(index) }
+    }
+
+    /// Waits for every launched bucket, ignoring their errors: after a failure the buffers must
+    /// not be in use when control returns.
+    private func drain() {
+        for request in requests { try? request?.wait() }
+    }
+
+    private func writeBack(_ index: Int) {
+        let bucket = layout.buckets[index]
+        let base = buffers[index].baseAddress!
+        let flags = base + bucket.elementCount
+        for (position, parameter) in bucket.parameters.enumerated() where flags[position] > 0 {
+            let tensor = parameters[parameter].tensor
+            let source = base + bucket.offsets[position]
+            if let grad = tensor.grad, grad.shape == tensor.shape, grad.isContiguous {
+                grad.pointer.update(from: source, count: tensor.count)
+            } else {
+                let grad = Tensor.uninitialized(tensor.shape)
+                grad.pointer.update(from: source, count: tensor.count)
+                tensor.grad = grad
+            }
+        }
+    }
+}
+
+/// Per-bucket durations written by the communication thread and read after `wait()`.
+private final class DurationTable: @unchecked Sendable {
+    private let lock = NSLock()
+    private var seconds: [Double]
+
+    init(count: Int) {
+        seconds = Array(repeating: 0, count: count)
+    }
+
+    func reset() {
+        lock.lock()
+        for i in seconds.indices { seconds[i] = 0 }
+        lock.unlock()
+    }
+
+    func set(_ index: Int, _ value: Double) {
+        lock.lock()
+        seconds[index] = value
+        lock.unlock()
+    }
+
+    var values: [Double] {
+        lock.lock()
+        defer { lock.unlock() }
+        return seconds
+    }
+}

@@ -1,0 +1,236 @@
+import Collective
+import Foundation
+import Tensor
+
+/// `sura bench train`: data-parallel scaling, the share of gradient communication hidden behind
+/// backward, and the measured pipeline bubble next to (p−1)/(m+p−1).
+///
+/// Under `mpirun -np N` (N ≥ 2) the multi-rank figures use MPI; started alone, they use two
+/// threads of this process as ranks (an in-process group). Every rank uses one compute thread
+/// (`Threads.count = 1`), so "1 rank" and "N ranks" compare like with like.
+public enum TrainingBenchmark {
+    public struct Options: Sendable {
+        /// Probe MLP widths; the default (≈10.5 M parameters, 42 MB of gradients, two 25 MB
+        /// buckets plus a 1 MB first one) is large enough that the allreduce matters.
+        public var widths: [Int]
+        /// Samples per rank per step (weak scaling: the global batch grows with the ranks).
+        public var batchPerRank: Int
+        public var warmupSteps: Int
+        public var steps: Int
+        /// Micro-batch counts for the pipeline measurement.
+        public var pipelineMicroBatches: [Int]
+        /// Widths of the pipeline model (equal blocks, so stages cost the same).
+        public var pipelineWidths: [Int]
+        public var pipelineBatch: Int
+        public var algorithm: AllreduceAlgorithm
+
+        public init(widths: [Int] = [512, 2048, 2048, 2048, 512], batchPerRank: Int = 64, warmupSteps: Int = 2,
+                    steps: Int = 6, pipelineMicroBatches: [Int] = [2, 4, 8],
+                    pipelineWidths: [Int] = [1024, 1024, 1024, 1024, 1024], pipelineBatch: Int = 256,
+                    algorithm: AllreduceAlgorithm = .native) {
+            self.widths = widths
+            self.batchPerRank = batchPerRank
+            self.warmupSteps = warmupSteps
+            self.steps = steps
+            self.pipelineMicroBatches = pipelineMicroBatches
+            self.pipelineWidths = pipelineWidths
+            self.pipelineBatch = pipelineBatch
+            self.algorithm = algorithm
+        }
+    }
+
+    /// One pipeline measurement.
+    public struct PipelineRow: Sendable {
+        public let kind: PipelineSchedule.Kind
+        public let stages: Int
+        public let microBatches: Int
+        /// 1 − compute/makespan (the slowest stage's step time), averaged over stages and steps.
+        public let measuredIdle: Double
+        /// (p−1)/(m+p−1).
+        public let theoreticalIdle: Double
+    }
+
+    public struct Report: Sendable {
+        public let parameters: Int
+        public let ranks: Int
+        /// "MPI (thread multiple)" or "in-process threads".
+        public let transport: String
+        public let singleSamplesPerSecond: Double
+        public let parallelSamplesPerSecond: Double
+        /// parallel / (ranks × single): 1 is perfect weak scaling.
+        public var scalingEfficiency: Double { parallelSamplesPerSecond / (Double(ranks) * singleSamplesPerSecond) }
+        /// Seconds per step the allreduces ran, and the part of that overlapping backward.
+        public let communicationSecondsPerStep: Double
+        public let hiddenCommunicationSecondsPerStep: Double
+        public var hiddenCommunicationShare: Double {
+            communicationSecondsPerStep > 0 ? hiddenCommunicationSecondsPerStep / communicationSecondsPerStep : 0
+        }
+        public let buckets: Int
+        public let pipeline: [PipelineRow]
+    }
+
+    /// Runs every measurement; all ranks of `world` call it together. Sets `Threads.count` to 1.
+    /// - Returns: the report (meaningful on rank 0; other ranks return theirs).
+    public static func run(world: Communicator, options: Options = Options()) throws -> Report {
+        Threads.count = 1
+        let savedTimeout = world.timeout
+        defer { world.timeout = savedTimeout }
+        // Rank 0 measures alone while the others wait at a barrier.
+        world.timeout = max(savedTimeout, 3600)
+        var single = 0.0
+        if world.rank == 0 {
+            let alone = InProcessCommunicator.singleProcess()
+            single = try measureDataParallel(on: alone, options: options, timeline: nil).samplesPerSecond
+        }
+        try world.barrier()
+        world.timeout = savedTimeout
+
+        let parameters = ProbeModel.blocks(widths: options.widths, seed: 1).reduce(0) { $0 + $1.parameterCount }
+        let timeline = Timeline(rank: world.rank)
+        var parallel: Measurement
+        var pipeline: [PipelineRow]
+        let ranks: Int, transport: String
+        if world.size >= 2 {
+            ranks = world.size
+            transport = world.kind
+            parallel = try measureDataParallel(on: world, options: options, timeline: timeline)
+            pipeline = try measurePipeline(on: world, options: options)
+        } else {
+            let group = try InProcessGroup(size: 2, timeout: max(savedTimeout, 600))
+            let results = RankResults<(Measurement, [PipelineRow])>(size: 2)
+            let timelines = [timeline, Timeline(rank: 1)]
+            try group.run { comm in
+                let dp = try measureDataParallel(on: comm, options: options, timeline: timelines[comm.rank])
+                results[comm.rank] = (dp, try measurePipeline(on: comm, options: options))
+            }
+            ranks = 2
+            transport = group[0].kind
+            (parallel, pipeline) = results[0]!
+        }
+        return Report(parameters: parameters, ranks: ranks, transport: transport,
+                      singleSamplesPerSecond: single, parallelSamplesPerSecond: parallel.samplesPerSecond,
+                      communicationSecondsPerStep: parallel.communicationPerStep,
+                      hiddenCommunicationSecondsPerStep: parallel.hiddenPerStep,
+                      buckets: parallel.buckets, pipeline: pipeline)
+    }
+
+    struct Measurement {
+        var samplesPerSecond = 0.0
+        var communicationPerStep = 0.0
+        var hiddenPerStep = 0.0
+        var buckets = 0
+    }
+
+    /// Weak-scaling data parallelism on `communicator`: every rank trains on `batchPerRank`
+    /// samples per step; throughput is the global batch over the slowest rank's step time.
+    static func measureDataParallel(on communicator: Communicator, options: Options,
+                                    timeline: Timeline?) throws -> Measurement {
+        let blocks = ProbeModel.blocks(widths: options.widths, seed: 1)
+        let parameters = ProbeModel.namedParameters(blocks)
+        let replica = try DataParallelReplica(parameters: parameters, communicator: communicator,
+                                              options: DataParallelOptions(buckets: GradientBucketOptions(algorithm: options.algorithm)))
+        try replica.broadcastParameters()
+        let optimizer = try SGD(parameters: parameters, learningRate: 1e-4)
+        let data = ProbeModel.data(samples: options.batchPerRank, inputs: options.widths.first!,
+                                   outputs: options.widths.last!, seed: UInt64(communicator.rank))
+        let step = { _ = try replica.step(optimizer: optimizer) { _ in Loss.mse(ProbeModel.forward(blocks, data.x), data.y) } }
+        for _ in 0 ..< options.warmupSteps { try step() }
+        try timeline?.synchronizeOrigin(over: communicator)
+        replica.timeline = timeline
+        try communicator.barrier()
+        let start = DispatchTime.now().uptimeNanoseconds
+        for _ in 0 ..< options.steps { try step() }
+        try communicator.barrier()
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        replica.timeline = nil
+        var result = Measurement()
+        result.samplesPerSecond = Double(options.batchPerRank * communicator.size * options.steps) / seconds
+        result.buckets = replica.buckets.layout.buckets.count
+        if let timeline {
+            let isAllreduce = { (span: Timeline.Span) in span.category == .allreduce }
+            let isBackward = { (span: Timeline.Span) in span.category == .backward }
+            result.communicationPerStep = timeline.busySeconds(where: isAllreduce) / Double(options.steps)
+            result.hiddenPerStep = timeline.overlapSeconds(of: isAllreduce, with: isBackward) / Double(options.steps)
+        }
+        return result
+    }
+
+    /// The pipeline bubble: `communicator.size` stages of equal cost, each schedule, each
+    /// micro-batch count; idle = 1 − compute/makespan per stage (stages start together after a
+    /// barrier; the makespan is the slowest stage's step), averaged over stages and steps.
+    static func measurePipeline(on communicator: Communicator, options: Options) throws -> [PipelineRow] {
+        let p = communicator.size
+        let all = ProbeModel.blocks(widths: options.pipelineWidths, seed: 3)
+        let partition = try PipelinePartition.balanced(costs: all.map(\.parameterCount), stages: p)
+        let mine = Array(all[partition.stages[communicator.rank]])
+        let parameters = ProbeModel.namedParameters(mine, firstIndex: partition.stages[communicator.rank].lowerBound)
+        let stage = try PipelineStage(communicator: communicator, parameters: parameters) { x, _ in
+            ProbeModel.forward(mine, x)
+        }
+        let data = ProbeModel.data(samples: options.pipelineBatch, inputs: options.pipelineWidths.first!,
+                                   outputs: options.pipelineWidths.last!, seed: 5)
+        var rows: [PipelineRow] = []
+        for kind in PipelineSchedule.Kind.allCases {
+            for m in options.pipelineMicroBatches where options.pipelineBatch % m == 0 {
+                let size = options.pipelineBatch / m
+                let x = (0 ..< m).map { ProbeModel.rows(data.x, ($0 * size) ..< (($0 + 1) * size)) }
+                let y = (0 ..< m).map { ProbeModel.rows(data.y, ($0 * size) ..< (($0 + 1) * size)) }
+                var idle = 0.0
+                for step in 0 ..< options.warmupSteps + options.steps {
+                    try communicator.barrier()
+                    let result = try stage.run(kind, microBatches: m, input: { x[$0] },
+                                               loss: { out, k in Loss.mse(out, y[k]) * (1 / Float(m)) })
+                    for (_, tensor) in parameters { tensor.grad = nil }
+                    let makespan = try communicator.allreduce(result.seconds, op: .max)
+                    if step >= options.warmupSteps { idle += result.idleFraction(makespan: makespan) }
+                }
+                let mean = try communicator.allreduce(idle / Double(options.steps), op: .average)
+                rows.append(PipelineRow(kind: kind, stages: p, microBatches: m, measuredIdle: mean,
+                                        theoreticalIdle: PipelineSchedule.theoreticalIdleFraction(stages: p, microBatches: m)))
+            }
+        }
+        return rows
+    }
+
+    /// The report as a table.
+    public static func format(_ report: Report) -> String {
+        var lines: [String] = []
+        lines.append("model: probe MLP, \(report.parameters) parameters (\(report.buckets) gradient buckets), 1 thread per rank")
+        lines.append("multi-rank transport: \(report.ranks) ranks, \(report.transport)")
+        lines.append("")
+        lines.append("ranks  samples/s  scaling efficiency")
+        lines.append("-----  ---------  ------------------")
+        lines.append(String(format: "%5d  %9.1f  %18.3f", 1, report.singleSamplesPerSecond, 1.0))
+        lines.append(String(format: "%5d  %9.1f  %18.3f", report.ranks, report.parallelSamplesPerSecond,
+                            report.scalingEfficiency))
+        lines.append("")
+        lines.append(String(format: "gradient allreduce %.1f ms/step, %.1f ms hidden behind backward (%.0f%%)",
+                            report.communicationSecondsPerStep * 1e3, report.hiddenCommunicationSecondsPerStep * 1e3,
+                            report.hiddenCommunicationShare * 100))
+        lines.append("")
+        lines.append("schedule  stages  micro-batches  measured idle  (p-1)/(m+p-1)")
+        lines.append("--------  ------  -------------  -------------  -------------")
+        for row in report.pipeline {
+            let name = row.kind.rawValue
+            lines.append(String(repeating: " ", count: max(0, 8 - name.count)) + name
+                + String(format: "  %6d  %13d  %13.3f  %13.3f", row.stages, row.microBatches,
+                         row.measuredIdle, row.theoreticalIdle))
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// One slot per rank thread, read after the group has finished.
+final class RankResults<Value> {
+    private let lock = NSLock()
+    private var values: [Value?]
+
+    init(size: Int) {
+        values = Array(repeating: nil, count: size)
+    }
+
+    subscript(rank: Int) -> Value? {
+        get { lock.lock(); defer { lock.unlock() }; return values[rank] }
+        set { lock.lock(); values[rank] = newValue; lock.unlock() }
+    }
+}

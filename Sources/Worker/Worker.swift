@@ -1,1 +1,0 @@
-// Worker: see DESIGN.md §2.

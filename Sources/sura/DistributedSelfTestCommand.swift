@@ -1,0 +1,109 @@
+import ArgumentParser
+import Collective
+import Foundation
+import Worker
+
+/// `mpirun -np N sura selftest training --dp D --pp P`: data- and pipeline-parallel training of a
+/// small MLP over this deployment's MPI must match one process training on the whole batch.
+struct TrainingSelfTestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "training",
+        abstract: "Check dp × pp training against one process (losses, parameters, bitwise replicas and features).")
+
+    @Option(help: "Data-parallel replicas (default: ranks / pp).")
+    var dp: Int?
+
+    @Option(help: "Pipeline stages per replica (at most 5, the probe model's layers).")
+    var pp: Int = 1
+
+    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step.")
+    var microBatches: Int = 4
+
+    @Option(help: "Training steps compared with one process.")
+    var steps: Int = 4
+
+    @Option(help: "Gradient allreduce: native (MPI_Iallreduce) or ring.")
+    var algorithm: String = "native"
+
+    @Option(name: .customLong("soak-steps"), help: "Extra training steps after the checks (prints progress on rank 0).")
+    var soakSteps: Int = 0
+
+    @Flag(name: .customLong("report-pids"), help: "Every rank prints its process id first.")
+    var reportPIDs = false
+
+    @Option(help: "Write the training runs' Chrome trace (all ranks merged) to this file.")
+    var timeline: String?
+
+    func validate() throws {
+        if let dp, dp < 1 { throw ValidationError("--dp must be at least 1, got \(dp)") }
+        guard pp >= 1 else { throw ValidationError("--pp must be at least 1, got \(pp)") }
+        guard microBatches >= 1 else { throw ValidationError("--micro-batches must be at least 1") }
+        guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
+        guard soakSteps >= 0 else { throw ValidationError("--soak-steps must not be negative") }
+        guard AllreduceAlgorithm(rawValue: algorithm) != nil else {
+            throw ValidationError("--algorithm must be one of "
+                + AllreduceAlgorithm.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(algorithm)'")
+        }
+    }
+
+    func run() throws {
+        try runOnWorld { world in
+            if reportPIDs {
+                print("rank \(world.rank) pid \(getpid())")
+                fflush(stdout)
+            }
+            let trace = timeline.map { _ in Timeline(rank: world.rank) }
+            try trace?.synchronizeOrigin(over: world)
+            var options = DistributedTrainingSelfTest.Options(
+                dataParallel: dp, pipelineStages: pp, microBatches: microBatches, steps: steps,
+                algorithm: AllreduceAlgorithm(rawValue: algorithm)!, soakSteps: soakSteps)
+            options.timeline = trace
+            let rank = world.rank
+            options.progress = { step in
+                guard rank == 0 else { return }
+                print("soak step \(step)")
+                fflush(stdout)
+            }
+            let summary = try DistributedTrainingSelfTest.run(world: world, options: options)
+            if let trace, let path = timeline {
+                try trace.writeMerged(to: URL(fileURLWithPath: path), over: world)
+            }
+            return summary
+        }
+    }
+}
+
+/// `sura bench train` (run alone, or under `mpirun -np 2`): data-parallel samples/s for 1 rank and
+/// for N ranks (scaling efficiency), the share of gradient allreduce hidden behind backward, and
+/// the measured pipeline bubble next to (p−1)/(m+p−1). One compute thread per rank.
+struct TrainingBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Data-parallel scaling, hidden communication and pipeline bubble; alone or under mpirun.")
+
+    @Option(help: "Measured steps per configuration.")
+    var steps: Int = 6
+
+    @Option(name: .customLong("batch-per-rank"), help: "Samples per rank per step.")
+    var batchPerRank: Int = 64
+
+    @Option(help: "Gradient allreduce: native (MPI_Iallreduce) or ring.")
+    var algorithm: String = "native"
+
+    func validate() throws {
+        guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
+        guard batchPerRank >= 1 else { throw ValidationError("--batch-per-rank must be at least 1") }
+        guard AllreduceAlgorithm(rawValue: algorithm) != nil else {
+            throw ValidationError("--algorithm must be one of "
+                + AllreduceAlgorithm.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(algorithm)'")
+        }
+    }
+
+    func run() throws {
+        try runOnWorld { world in
+            let options = TrainingBenchmark.Options(batchPerRank: batchPerRank, steps: steps,
+                                                    algorithm: AllreduceAlgorithm(rawValue: algorithm)!)
+            return TrainingBenchmark.format(try TrainingBenchmark.run(world: world, options: options))
+        }
+    }
+}

@@ -1,0 +1,336 @@
+import ArgumentParser
+import Coordinator
+import Foundation
+import Worker
+
+/// A log line on standard error: `[serve +1.234s] message`.
+func serveLogger(_ role: String) -> @Sendable (String) -> Void {
+    let start = Date()
+    return { message in
+        let line = String(format: "[%@ +%.3fs] ", role, Date().timeIntervalSince(start)) + message + "\n"
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+}
+
+/// Runs a handler on a dispatch queue when one of `signals` arrives (instead of the default action).
+final class SignalWatcher {
+    private var sources: [DispatchSourceSignal] = []
+
+    init(_ signals: [Int32], handler: @escaping @Sendable (Int32) -> Void) {
+        for number in signals {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { handler(number) }
+            source.resume()
+            sources.append(source)
+        }
+    }
+}
+
+/// An endpoint other processes on this machine can connect to (`tcp://0.0.0.0:N` → `tcp://127.0.0.1:N`).
+func connectable(_ endpoint: String) -> String {
+    endpoint.replacingOccurrences(of: "tcp://0.0.0.0:", with: "tcp://127.0.0.1:")
+        .replacingOccurrences(of: "tcp://*:", with: "tcp://127.0.0.1:")
+        .replacingOccurrences(of: "tcp://[::]:", with: "tcp://127.0.0.1:")
+}
+
+/// The executors `sura worker --executor` knows.
+enum WorkerExecutorKind: String, ExpressibleByArgument, CaseIterable {
+    case null
+}
+
+/// `sura serve`: the ZeroMQ scheduler, the HTTP gateway, and optionally local autoscaled workers.
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the inference scheduler (ZeroMQ), the HTTP image API, and optionally local workers.",
+        discussion: """
+        Clients speak the protocol in docs/protocol.md to --frontend, workers connect to --backend, and the \
+        HTTP API (POST /v1/images/generations, GET /healthz, /metrics, /v1/status, /) listens on --http-host:--http-port. \
+        Everything binds 127.0.0.1 unless told otherwise. SIGTERM or Ctrl-C drains: new requests are refused, queued \
+        and running ones finish; a second signal stops at once.
+        """)
+
+    @Option(help: "ZeroMQ endpoint for clients (port * = any free port).")
+    var frontend = "tcp://127.0.0.1:5555"
+    @Option(help: "ZeroMQ endpoint for workers.")
+    var backend = "tcp://127.0.0.1:5556"
+    @Option(help: "Address of the HTTP API.")
+    var httpHost = "127.0.0.1"
+    @Option(help: "Port of the HTTP API (0 = any free port).")
+    var httpPort = 8080
+    @Flag(help: "Do not start the HTTP API.")
+    var noHttp = false
+    @Option(help: "Bearer token required by POST /v1/images/generations (default: SURA_API_TOKEN, else none).")
+    var apiToken: String?
+
+    @Option(help: "Most requests per batch.")
+    var maxBatch = 8
+    @Option(help: "Milliseconds a request may wait for its batch to fill.")
+    var maxQueueDelayMs = 5.0
+    @Option(help: "Most requests waiting; more are rejected with queue_full (HTTP 429).")
+    var queueCapacity = 1024
+    @Option(help: "Milliseconds a request may take in all when the client gives no timeout_ms.")
+    var defaultTimeoutMs = 60_000
+    @Option(help: "Milliseconds between heartbeats (both directions).")
+    var heartbeatMs = 1000
+    @Option(help: "Missed heartbeats after which a worker is dead.")
+    var liveness = 3
+    @Option(help: "Seconds a drain waits for queued and running requests.")
+    var drainTimeout = 30.0
+    @Option(help: "Largest ZeroMQ request, bytes.")
+    var maxRequestBytes = 256 * 1024
+    @Option(help: "Longest prompt over HTTP, characters.")
+    var maxPromptCharacters = 1000
+    @Option(help: "Default image size over HTTP.")
+    var defaultSize = "32x32"
+
+    @Option(help: "Local worker processes to keep running (fixed count, no autoscaling).")
+    var workers = 0
+    @Flag(help: "Start and drain local workers between --min-workers and --max-workers.")
+    var autoscale = false
+    @Option(help: "Fewest workers (autoscaling, and the exported desired-workers signal).")
+    var minWorkers = 1
+    @Option(help: "Most workers.")
+    var maxWorkers = 4
+    @Option(help: "Fraction of workers that should be busy.")
+    var targetUtilisation = 0.75
+    @Option(help: "Seconds demand must stay high before workers are added.")
+    var scaleUpWindow = 0.0
+    @Option(help: "Seconds demand must stay low before workers are drained.")
+    var scaleDownWindow = 30.0
+    @Option(help: "Seconds between autoscaler decisions.")
+    var autoscaleInterval = 1.0
+    @Option(help: "Executor of local workers.")
+    var executor: WorkerExecutorKind = .null
+    @Option(help: "Null executor: milliseconds per batch (local workers).")
+    var nullDelayMs = 0.0
+
+    func validate() throws {
+        guard maxBatch >= 1 else { throw ValidationError("--max-batch must be at least 1") }
+        guard queueCapacity >= 1 else { throw ValidationError("--queue-capacity must be at least 1") }
+        guard heartbeatMs >= 10 else { throw ValidationError("--heartbeat-ms must be at least 10") }
+        guard liveness >= 1 else { throw ValidationError("--liveness must be at least 1") }
+        guard workers >= 0, minWorkers >= 0, maxWorkers >= max(1, minWorkers) else {
+            throw ValidationError("need 0 ≤ --min-workers ≤ --max-workers and --max-workers ≥ 1 (got \(minWorkers)…\(maxWorkers))")
+        }
+        guard (0.05...1).contains(targetUtilisation) else { throw ValidationError("--target-utilisation must be 0.05…1") }
+        guard (0...65535).contains(httpPort) else { throw ValidationError("--http-port must be 0…65535") }
+        guard defaultTimeoutMs >= 1 else { throw ValidationError("--default-timeout-ms must be at least 1") }
+        _ = try parsedDefaultSize()
+    }
+
+    private func parsedDefaultSize() throws -> (Int, Int) {
+        let parts = defaultSize.lowercased().split(separator: "x")
+        guard parts.count == 2, let width = Int(parts[0]), let height = Int(parts[1]), width > 0, height > 0 else {
+            throw ValidationError("--default-size must be WIDTHxHEIGHT such as 32x32, got '\(defaultSize)'")
+        }
+        return (width, height)
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let log = serveLogger("serve")
+        var configuration = SchedulerConfiguration()
+        configuration.batching = BatchingPolicy(maxBatchSize: maxBatch, maxQueueDelay: maxQueueDelayMs / 1000)
+        configuration.queueCapacity = queueCapacity
+        configuration.heartbeatInterval = Double(heartbeatMs) / 1000
+        configuration.liveness = liveness
+        configuration.drainTimeout = drainTimeout
+        configuration.maxRequestBytes = maxRequestBytes
+        configuration.requestPolicy.defaultTimeout = Double(defaultTimeoutMs) / 1000
+        let (width, height) = try parsedDefaultSize()
+        configuration.requestPolicy.defaultWidth = width
+        configuration.requestPolicy.defaultHeight = height
+        let metrics = MetricsRegistry()
+        let scheduler: InferenceScheduler
+        do {
+            scheduler = try InferenceScheduler(configuration: configuration, frontend: frontend, backend: backend, metrics: metrics, log: log)
+        } catch {
+            throw CommandFailure("cannot start the scheduler: \(error)")
+        }
+
+        var server: HTTPServer?
+        var client: SchedulerClient?
+        if !noHttp {
+            let schedulerClient = try SchedulerClient(endpoint: connectable(scheduler.frontendEndpoint), maxRequestBytes: maxRequestBytes)
+            var gatewayConfiguration = ImageGatewayConfiguration()
+            gatewayConfiguration.apiToken = apiToken ?? ProcessInfo.processInfo.environment["SURA_API_TOKEN"]
+            gatewayConfiguration.maxPromptCharacters = maxPromptCharacters
+            gatewayConfiguration.defaultSize = defaultSize
+            gatewayConfiguration.defaultTimeout = configuration.requestPolicy.defaultTimeout
+            let gateway = ImageGateway(configuration: gatewayConfiguration, client: schedulerClient, metrics: metrics,
+                                       status: { scheduler.status })
+            var httpConfiguration = HTTPServerConfiguration()
+            httpConfiguration.host = httpHost
+            httpConfiguration.port = httpPort
+            let http = HTTPServer(configuration: httpConfiguration, handler: { gateway.handle($0) })
+            do {
+                try http.start()
+            } catch {
+                throw CommandFailure("\(error)")
+            }
+            server = http
+            client = schedulerClient
+        }
+
+        let local = autoscale || workers > 0
+        var pool: LocalWorkerPool?
+        if local {
+            let executable = Bundle.main.executableURL ?? URL(fileURLWithPath: CommandLine.arguments[0])
+            pool = LocalWorkerPool(executable: executable, arguments: [
+                "worker", "--scheduler", connectable(scheduler.backendEndpoint), "--executor", executor.rawValue,
+                "--max-batch", String(maxBatch), "--heartbeat-ms", String(heartbeatMs), "--liveness", String(liveness),
+                "--null-delay-ms", String(nullDelayMs), "--parent-pid", String(getpid()),
+            ], log: log)
+        }
+        let policy = AutoscalerPolicy(minWorkers: autoscale ? minWorkers : (workers > 0 ? workers : minWorkers),
+                                      maxWorkers: autoscale ? maxWorkers : (workers > 0 ? workers : maxWorkers),
+                                      targetUtilisation: targetUtilisation, scaleUpWindow: scaleUpWindow,
+                                      scaleDownWindow: scaleDownWindow, interval: autoscaleInterval)
+        scheduler.attach(AutoscaleController(policy: policy, pool: pool, log: log))
+
+        let signals = SignalCounter()
+        let watcher = SignalWatcher([SIGTERM, SIGINT]) { number in
+            let count = signals.increment()
+            log("signal \(number): " + (count == 1 ? "draining (send again to stop at once)" : "stopping now"))
+            scheduler.requestStop(drain: count == 1)
+        }
+        let http = server.map { "http://\(httpHost.contains(":") ? "[\(httpHost)]" : httpHost):\($0.port)/" } ?? "off"
+        print("sura serve: frontend=\(scheduler.frontendEndpoint) backend=\(scheduler.backendEndpoint) http=\(http)")
+        fflush(stdout)
+        log("serving: max batch \(maxBatch), max queue delay \(maxQueueDelayMs) ms, queue capacity \(queueCapacity)"
+            + (local ? ", local workers \(policy.minWorkers)…\(policy.maxWorkers)" : ""))
+        defer {
+            withExtendedLifetime(watcher) {}
+            server?.stop()
+            client?.close()
+            pool?.stopAll(timeout: 10)
+            log("stopped")
+        }
+        do {
+            try scheduler.run()
+        } catch {
+            throw CommandFailure("scheduler loop failed: \(error)")
+        }
+    }
+}
+
+/// Counts signals across the dispatch queue the handlers run on.
+final class SignalCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+
+    func increment() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        count += 1
+        return count
+    }
+}
+
+/// `sura worker`: one inference worker connected to a scheduler's back end.
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run one inference worker: receive batches from the scheduler, return PNG images.",
+        discussion: "SIGTERM or Ctrl-C: finish the current batch, say BYE, exit 0.")
+
+    @Option(help: "The scheduler's back-end endpoint.")
+    var scheduler = "tcp://127.0.0.1:5556"
+    @Option(help: "What runs the batches (the diffusion pipeline executor is added later).")
+    var executor: WorkerExecutorKind = .null
+    @Option(help: "Name in logs and status (default worker-<pid>).")
+    var name: String?
+    @Option(help: "Most requests per batch this worker takes.")
+    var maxBatch = 8
+    @Option(help: "Milliseconds between heartbeats.")
+    var heartbeatMs = 1000
+    @Option(help: "Missed scheduler heartbeats before reconnecting.")
+    var liveness = 3
+    @Option(help: "Most seconds between reconnection attempts.")
+    var reconnectMaxDelay = 5.0
+    @Option(help: "Null executor: milliseconds per batch.")
+    var nullDelayMs = 0.0
+    @Option(help: "Null executor: extra milliseconds per image.")
+    var nullPerImageDelayMs = 0.0
+    @Option(help: "Null executor: a prompt that makes its batch fail (for testing error paths).")
+    var nullFailingPrompt: String?
+    @Option(help: .hidden)
+    var parentPid: Int32?
+
+    func validate() throws {
+        guard maxBatch >= 1 else { throw ValidationError("--max-batch must be at least 1") }
+        guard heartbeatMs >= 10 else { throw ValidationError("--heartbeat-ms must be at least 10") }
+        guard liveness >= 1 else { throw ValidationError("--liveness must be at least 1") }
+        guard nullDelayMs >= 0, nullPerImageDelayMs >= 0 else { throw ValidationError("null executor delays must be ≥ 0") }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let workerName = name ?? "worker-\(getpid())"
+        let log = serveLogger(workerName)
+        let batchExecutor: InferenceBatchExecutor
+        switch executor {
+        case .null:
+            batchExecutor = NullImageExecutor(batchDelay: nullDelayMs / 1000, perImageDelay: nullPerImageDelayMs / 1000,
+                                              failingPrompt: nullFailingPrompt)
+        }
+        var configuration = InferenceWorkerConfiguration(scheduler: scheduler, name: workerName)
+        configuration.maxBatch = maxBatch
+        configuration.executorName = executor.rawValue
+        configuration.heartbeatInterval = Double(heartbeatMs) / 1000
+        configuration.liveness = liveness
+        configuration.reconnectMaxDelay = reconnectMaxDelay
+        configuration.parentPID = parentPid
+        let client = try InferenceWorkerClient(configuration: configuration, executor: batchExecutor, log: log)
+        let watcher = SignalWatcher([SIGTERM, SIGINT]) { number in
+            log("signal \(number): finishing the current batch, then leaving")
+            client.requestStop()
+        }
+        defer { withExtendedLifetime(watcher) {} }
+        do {
+            try client.run()
+        } catch {
+            throw CommandFailure("worker failed: \(error)")
+        }
+    }
+}
+
+/// `sura bench serve`: scheduler requests/s, latency, overhead and batch size with null workers.
+struct ServeBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Scheduler throughput, p50/p99 latency and overhead, mean batch size, with null workers (vs a bare ZeroMQ echo).")
+
+    @Option(help: "In-process workers.")
+    var workers = 2
+    @Option(help: "Most requests per batch.")
+    var maxBatch = 8
+    @Option(help: "Milliseconds a request may wait for its batch to fill.")
+    var maxQueueDelayMs = 5.0
+    @Option(help: "Requests per second of the open-loop phase.")
+    var rate = 1000.0
+    @Option(help: "Seconds per phase.")
+    var seconds = 5.0
+    @Option(help: "Requests outstanding in the saturating phase (default 8 × workers × max batch).")
+    var outstanding: Int?
+    @Option(help: "Null executor milliseconds per batch in the saturating phase.")
+    var saturationDelayMs = 2.0
+
+    func run() throws {
+        guard workers >= 1, maxBatch >= 1, rate > 0, seconds > 0 else {
+            throw ValidationError("--workers, --max-batch, --rate and --seconds must be positive")
+        }
+        var options = ServeBenchmarkOptions()
+        options.workers = workers
+        options.maxBatch = maxBatch
+        options.maxQueueDelay = maxQueueDelayMs / 1000
+        options.rate = rate
+        options.seconds = seconds
+        options.outstanding = outstanding
+        options.saturationBatchDelay = saturationDelayMs / 1000
+        let report = try ServeBenchmark.run(options) { line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        print(ServeBenchmark.format(report))
+    }
+}

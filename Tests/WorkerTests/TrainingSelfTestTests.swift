@@ -1,0 +1,55 @@
+import Collective
+import Foundation
+import Tensor
+import Worker
+import XCTest
+
+/// The distributed self-test on thread ranks (the same code `sura selftest training` runs
+/// under mpirun), plus a quick run of the training benchmark.
+final class TrainingSelfTestTests: SingleThreadedTestCase {
+    private func selfTest(ranks: Int, dp: Int?, pp: Int, algorithm: AllreduceAlgorithm = .native) {
+        let summaries = PerRank<String>(size: ranks)
+        runRanksExpectingSuccess(ranks) { world in
+            let options = DistributedTrainingSelfTest.Options(dataParallel: dp, pipelineStages: pp, algorithm: algorithm)
+            summaries[world.rank] = try DistributedTrainingSelfTest.run(world: world, options: options)
+        }
+        let summary = summaries[0] ?? ""
+        XCTAssertTrue(summary.hasPrefix("training selftest passed: dp=\(ranks / pp) × pp=\(pp)"), summary)
+    }
+
+    func testDataParallelTwo() { selfTest(ranks: 2, dp: 2, pp: 1) }
+    func testDataParallelTwoOverTheRing() { selfTest(ranks: 2, dp: 2, pp: 1, algorithm: .ring) }
+    func testPipelineTwo() { selfTest(ranks: 2, dp: 1, pp: 2) }
+    func testPipelineThree() { selfTest(ranks: 3, dp: nil, pp: 3) }
+    func testDataTwoByPipelineTwo() { selfTest(ranks: 4, dp: 2, pp: 2) }
+    func testOneRank() { selfTest(ranks: 1, dp: nil, pp: 1) }
+
+    func testATopologyThatDoesNotFitFails() {
+        let errors = PerRank<Error>(size: 2)
+        runRanks(2) { world in
+            do {
+                _ = try DistributedTrainingSelfTest.run(world: world, options: .init(pipelineStages: 6))
+            } catch {
+                errors[world.rank] = error
+            }
+        }
+        XCTAssertTrue("\(errors[0]!)".contains("only 5 layers"), "\(errors[0]!)")
+    }
+
+    func testBenchmarkRunsAndReportsSaneFigures() throws {
+        let options = TrainingBenchmark.Options(widths: [64, 128, 64], batchPerRank: 16, warmupSteps: 1, steps: 2,
+                                                pipelineMicroBatches: [2, 4], pipelineWidths: [32, 32, 32, 32],
+                                                pipelineBatch: 8)
+        let report = try TrainingBenchmark.run(world: InProcessCommunicator.singleProcess(), options: options)
+        XCTAssertEqual(report.ranks, 2)
+        XCTAssertGreaterThan(report.singleSamplesPerSecond, 0)
+        XCTAssertGreaterThan(report.parallelSamplesPerSecond, 0)
+        XCTAssertGreaterThanOrEqual(report.hiddenCommunicationShare, 0)
+        XCTAssertLessThanOrEqual(report.hiddenCommunicationShare, 1)
+        XCTAssertEqual(report.pipeline.count, 4)
+        XCTAssertEqual(report.pipeline.first?.theoreticalIdle ?? 0, 1.0 / 3.0, accuracy: 1e-12)
+        let table = TrainingBenchmark.format(report)
+        XCTAssertTrue(table.contains("scaling efficiency"), table)
+        XCTAssertTrue(table.contains("(p-1)/(m+p-1)"), table)
+    }
+}
