@@ -9,7 +9,8 @@ struct SuraCommand: ParsableCommand {
         commandName: "sura",
         abstract: "Train and serve LLM-enhanced text-to-image diffusion adapters.",
         subcommands: [InspectCommand.self, DataCommand.self, ServeCommand.self, WorkerCommand.self,
-                      SubmitCommand.self, JobsCommand.self, BenchCommand.self, DemoCommand.self, SelfTestCommand.self])
+                      SubmitCommand.self, JobsCommand.self, GenerateCommand.self, ForwardCommand.self,
+                      BenchCommand.self, DemoCommand.self, SelfTestCommand.self])
 }
 
 /// Options every compute command shares.

@@ -1,0 +1,84 @@
+import ArgumentParser
+import Foundation
+import Models
+import Tensor
+
+/// `sura generate --model DIR --prompt "…"`: text-to-image from a model folder, written as PNGs.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate images from prompts with a model folder; write one PNG per prompt and a grid.",
+        discussion: """
+            The folder is diffusers' layout: unet/, scheduler/scheduler_config.json, optional vae/ \
+            (absent: the UNet works in pixel space), and a text encoder — text_encoder/ + tokenizer/, \
+            or a sura.json naming one ({"text_encoder": "path/to/minilm", "max_length": 18}). \
+            Image i uses seed --seed + i, so an image does not depend on the other prompts.
+            """)
+
+    @Option(help: "Model folder.")
+    var model: String
+
+    @Option(name: .customLong("prompt"), help: "A prompt; repeat the option for several images.")
+    var prompts: [String] = []
+
+    @Option(help: "Negative prompt for every image (default: the empty prompt).")
+    var negativePrompt: String?
+
+    @Option(help: "Denoising steps.")
+    var steps: Int = 25
+
+    @Option(help: "Classifier-free guidance scale (1: conditional branch only).")
+    var guidance: Float = 4
+
+    @Option(help: "Sampler: ddim, ddpm, euler, dpm++2m, a diffusers class name, or a scheduler_config.json (default: the folder's).")
+    var scheduler: String?
+
+    @Option(help: "Seed of the first image; image i uses seed + i.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Image height in pixels (default: the model's sample size).")
+    var height: Int?
+
+    @Option(help: "Image width in pixels (default: the model's sample size).")
+    var width: Int?
+
+    @Option(help: "Output folder (created if needed).")
+    var output: String = "out/generate"
+
+    @Flag(help: "Do not write the grid image.")
+    var noGrid = false
+
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        try compute.apply()
+        guard !prompts.isEmpty else { throw ValidationError("give at least one --prompt") }
+        guard steps >= 1 else { throw ValidationError("--steps must be at least 1, got \(steps)") }
+        guard guidance.isFinite else { throw ValidationError("--guidance must be a number, got \(guidance)") }
+        let folderURL = URL(fileURLWithPath: model)
+        do {
+            let folder = try PipelineFolder.load(folderURL)
+            guard folder.textConditioning != nil else { throw PipelineError.noConditioningProvider(folder: folderURL.path) }
+            let pipeline = try folder.makePipeline(scheduler: scheduler)
+            let options = TextToImageOptions(steps: steps, guidanceScale: guidance, height: height, width: width)
+            let bar = ProgressBar(total: steps, label: "generate", unit: "step")
+            let start = BenchmarkTimer.now()
+            let result = try pipeline.generate(prompts: prompts, negativePrompt: negativePrompt, seed: seed,
+                                               options: options) { done, _ in bar.update(done) }
+            let seconds = BenchmarkTimer.now() - start
+            let urls = try result.writePNGs(to: URL(fileURLWithPath: output, isDirectory: true), grid: !noGrid)
+            let size = result.images.shape
+            let samplerName = type(of: pipeline.scheduler).className
+            print("\(prompts.count) image(s) of \(size[3])×\(size[2]) in \(String(format: "%.1f", seconds)) s "
+                  + "(\(samplerName), \(steps) steps, guidance \(guidance))")
+            for (i, prompt) in prompts.enumerated() {
+                print("\(urls[i].path)  seed \(seed &+ UInt64(i))  \"\(prompt)\"")
+            }
+            if !noGrid, let grid = urls.last { print("\(grid.path)  grid") }
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            throw CommandFailure("\(error)")
+        }
+    }
+}
