@@ -7,7 +7,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that print ratios against a peer measured in the same run.",
-        subcommands: [TensorBench.self, UNetBenchCommand.self, CollectiveBench.self, TrainingBench.self, ServeBench.self])
+        subcommands: [TensorBench.self, UNetBenchCommand.self, LLMBenchCommand.self, CollectiveBench.self, TrainingBench.self, ServeBench.self])
 }
 
 /// `sura bench tensor`: Tensor matmul next to raw cblas_sgemm, conv2d, attention, elementwise.
