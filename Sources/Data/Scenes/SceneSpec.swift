@@ -250,12 +250,4 @@ extension SeededGenerator {
 
     /// True with probability p.
     mutating func chance(_ p: Double) -> Bool { Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0) < p }
-
-    /// The generator for item `index` of a stream seeded by `seed`: independent of how many
-    /// items came before, so scenes can be made in any order.
-    static func stream(seed: UInt64, index: Int) -> SeededGenerator {
-        var z = seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: index) &* 0xD1B5_4A32_D192_ED03
-        z = (z ^ (z >> 29)) &* 0xBF58_476D_1CE4_E5B9
-        return SeededGenerator(seed: z ^ (z >> 32))
-    }
 }

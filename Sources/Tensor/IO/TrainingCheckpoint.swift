@@ -7,6 +7,8 @@ import Foundation
 public struct TrainingCheckpoint {
     public static let modelPrefix = "model."
     public static let optimizerPrefix = "optimizer."
+    /// Other training state kept with the weights (e.g. an EMA of them).
+    public static let statePrefix = "state."
     public static let formatKey = "sura.checkpoint.format"
     public static let formatVersion = "1"
 
@@ -16,11 +18,15 @@ public struct TrainingCheckpoint {
     public var optimizerState: [String: Tensor]
     /// Free-form string metadata; `formatKey` is reserved.
     public var metadata: [String: String]
+    /// Further tensors of the training state (written under `state.`), e.g. EMA weights.
+    public var extraState: [String: Tensor]
 
-    public init(parameters: [String: Tensor], optimizerState: [String: Tensor] = [:], metadata: [String: String] = [:]) {
+    public init(parameters: [String: Tensor], optimizerState: [String: Tensor] = [:], metadata: [String: String] = [:],
+                extraState: [String: Tensor] = [:]) {
         self.parameters = parameters
         self.optimizerState = optimizerState
         self.metadata = metadata
+        self.extraState = extraState
     }
 
     /// Writes the checkpoint atomically.
@@ -28,6 +34,7 @@ public struct TrainingCheckpoint {
         var tensors: [(String, Tensor)] = []
         for (name, t) in parameters { tensors.append((TrainingCheckpoint.modelPrefix + name, t)) }
         for (key, t) in optimizerState { tensors.append((TrainingCheckpoint.optimizerPrefix + key, t)) }
+        for (key, t) in extraState { tensors.append((TrainingCheckpoint.statePrefix + key, t)) }
         var meta = metadata
         meta[TrainingCheckpoint.formatKey] = TrainingCheckpoint.formatVersion
         try SafeTensorsWriter.write(tensors, metadata: meta, to: url)
@@ -42,20 +49,22 @@ public struct TrainingCheckpoint {
                 file: url.path,
                 reason: "not a Sura training checkpoint (metadata key '\(TrainingCheckpoint.formatKey)' is \(file.metadata[TrainingCheckpoint.formatKey].map { "'\($0)'" } ?? "missing"), expected '\(TrainingCheckpoint.formatVersion)')")
         }
-        var parameters: [String: Tensor] = [:], optimizer: [String: Tensor] = [:]
+        var parameters: [String: Tensor] = [:], optimizer: [String: Tensor] = [:], extra: [String: Tensor] = [:]
         for (name, tensor) in try file.loadAll() {
             if name.hasPrefix(TrainingCheckpoint.modelPrefix) {
                 parameters[String(name.dropFirst(TrainingCheckpoint.modelPrefix.count))] = tensor
             } else if name.hasPrefix(TrainingCheckpoint.optimizerPrefix) {
                 optimizer[String(name.dropFirst(TrainingCheckpoint.optimizerPrefix.count))] = tensor
+            } else if name.hasPrefix(TrainingCheckpoint.statePrefix) {
+                extra[String(name.dropFirst(TrainingCheckpoint.statePrefix.count))] = tensor
             } else {
                 throw FileFormatError.invalidEntry(file: url.path, key: name,
-                                                   reason: "checkpoint tensors must start with 'model.' or 'optimizer.'")
+                                                   reason: "checkpoint tensors must start with 'model.', 'optimizer.' or 'state.'")
             }
         }
         var meta = file.metadata
         meta.removeValue(forKey: TrainingCheckpoint.formatKey)
-        self.init(parameters: parameters, optimizerState: optimizer, metadata: meta)
+        self.init(parameters: parameters, optimizerState: optimizer, metadata: meta, extraState: extra)
     }
 
     /// Captures a module's trainable parameters (or all, when `trainableOnly` is false) and an

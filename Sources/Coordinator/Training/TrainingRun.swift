@@ -1,0 +1,250 @@
+import Foundation
+import Tensor
+import Models
+import Data
+import Collective
+import Worker
+
+/// How `train` was invoked, beyond the config.
+public struct TrainingOptions: Sendable {
+    /// Resume from `output_dir/checkpoints/latest.safetensors` (or this file when set).
+    public var resume = false
+    public var resumeFrom: String?
+    /// Stop after this many steps in total (for tests and short demos); nil: `optim.steps`.
+    public var maxSteps: Int?
+    /// Chrome-trace JSON of each rank's compute and communication (rank suffix added).
+    public var timeline: String?
+    /// Stop with an error when a collective waits longer than this (seconds).
+    public var stallTimeout: Double?
+
+    public init() {}
+}
+
+/// A failure of a training run, naming the config key, file or rank.
+public enum TrainingError: Error, CustomStringConvertible {
+    case config(file: String, key: String, message: String)
+    case checkpoint(file: String, message: String)
+    case otherRank(rank: Int, message: String)
+    case data(String)
+
+    public var description: String {
+        switch self {
+        case let .config(file, key, message): return "\(file): key '\(key)': \(message)"
+        case let .checkpoint(file, message): return "checkpoint \(file): \(message)"
+        case let .otherRank(rank, message): return "rank \(rank) failed: \(message)"
+        case let .data(message): return message
+        }
+    }
+}
+
+/// The training loop shared by every task, data-parallel over `communicator`.
+///
+/// Step s, micro-batch k, replica r, local sample j take dataset position
+/// p = (s·A + k)·m + j of replica r's sampler stream (m = batch_size / (dp·A)), which is global
+/// sample g = p·dp + r; sample g draws all its randomness from `SeededGenerator.stream(seed, g)`.
+/// So the data order and noise depend only on the step, which makes `--resume` continue the
+/// uninterrupted run's loss curve and dp = 2 compute the same global batch as dp = 1.
+public final class TrainingRun {
+    public let config: TrainingConfig
+    public let options: TrainingOptions
+    public let communicator: Communicator
+    public let outputs: TrainingOutputs
+
+    public init(config: TrainingConfig, options: TrainingOptions, communicator: Communicator) throws {
+        self.config = config
+        self.options = options
+        self.communicator = communicator
+        let world = communicator.size
+        guard config.topology.dp * config.topology.pp == world else {
+            throw TrainingError.config(file: config.file, key: "topology",
+                                       message: "dp × pp = \(config.topology.dp) × \(config.topology.pp) = \(config.topology.dp * config.topology.pp), but the job has \(world) rank\(world == 1 ? "" : "s"); make dp × pp equal the number of ranks (mpirun -np)")
+        }
+        let perMicro = config.optim.batchSize / (config.topology.dp * config.optim.gradientAccumulation)
+        guard perMicro >= 1, perMicro * config.topology.dp * config.optim.gradientAccumulation == config.optim.batchSize else {
+            throw TrainingError.config(file: config.file, key: "optim.batch_size",
+                                       message: "\(config.optim.batchSize) must be a multiple of dp × gradient_accumulation = \(config.topology.dp) × \(config.optim.gradientAccumulation)")
+        }
+        outputs = try TrainingOutputs(directory: config.outputDir, rank: communicator.rank)
+    }
+
+    /// Every rank runs `body`; if any rank throws, every rank throws (the others with an error
+    /// naming the failing rank), so a problem on one rank never leaves the rest waiting.
+    func agree<T>(_ what: String, _ body: () throws -> T) throws -> T {
+        var result: Result<T, Error>
+        do { result = .success(try body()) } catch { result = .failure(error) }
+        var flags = [Float](repeating: 0, count: communicator.size)
+        if case .failure = result { flags[communicator.rank] = 1 }
+        try communicator.allreduce(&flags, op: .sum)
+        switch result {
+        case .failure(let error): throw error
+        case .success(let value):
+            if let failed = flags.firstIndex(where: { $0 > 0 }) {
+                throw TrainingError.otherRank(rank: failed, message: "\(what) failed there (its log says why); stopping")
+            }
+            return value
+        }
+    }
+
+    /// Runs the whole job; returns the last step's mean loss.
+    @discardableResult
+    public func run() throws -> Double {
+        let rank = communicator.rank, dp = config.topology.dp
+        let log = outputs.log
+        log("train: task \(config.task.rawValue), \(communicator.size) rank(s) (dp \(dp), pp \(config.topology.pp)), config \(config.file)")
+        let dataset = try agree("reading the dataset") { () throws -> ImageTextDataset in
+            guard FileManager.default.fileExists(atPath: config.data.path) else {
+                throw TrainingError.config(file: config.file, key: "data.path",
+                                           message: "\(config.data.path) does not exist; it must be a folder with metadata.jsonl (build one with `sura data scenes --out \(config.data.path)`)")
+            }
+            return try ImageTextDataset(contentsOf: URL(fileURLWithPath: config.data.path), split: config.data.split, limit: config.data.limit)
+        }
+        log("data: \(dataset.count) images of \(dataset.width)×\(dataset.height) from \(config.data.path)")
+        let task: TrainingTask = try agree("building the model") {
+            switch config.task {
+            case .base: return try BaseModelTask(config: config, dataset: dataset, log: log)
+            }
+        }
+        let parameters = task.module.namedTrainableParameters().map { (name: $0.0, tensor: $0.1) }
+        log("model: \(task.module.parameterCount) parameters, \(parameters.reduce(0) { $0 + $1.tensor.count }) trainable")
+        let optimizer = try AdamW(parameters: parameters, learningRate: config.optim.learningRate,
+                                  weightDecay: config.optim.weightDecay, exemptFromWeightDecay: AdamW.exemptBiasesAndNorms)
+        let ema = try config.optim.emaDecay.map { try ExponentialMovingAverage(parameters: parameters, decay: $0) }
+        let replica = try DataParallelReplica(parameters: parameters, communicator: communicator,
+                                              options: DataParallelOptions(stallTimeout: options.stallTimeout))
+        if options.timeline != nil { replica.timeline = Timeline(rank: rank) }
+        try replica.broadcastParameters(from: 0)
+
+        var startStep = 0
+        if options.resume {
+            startStep = try agree("resuming") { try resume(task: task, optimizer: optimizer, ema: ema) }
+            log("resumed at step \(startStep)")
+        }
+        let totalSteps = min(options.maxSteps ?? config.optim.steps, config.optim.steps)
+        let accumulation = config.optim.gradientAccumulation
+        let perMicro = config.optim.batchSize / (dp * accumulation)
+        let sampler = try DistributedSampler(datasetSize: dataset.count, replicas: dp, rank: rank % dp, seed: config.seed)
+        var epochCache: (epoch: Int, indices: [Int]) = (-1, [])
+        func index(at position: Int) -> Int {
+            let epoch = position / sampler.samplesPerReplica
+            if epochCache.epoch != epoch { epochCache = (epoch, sampler.indices(epoch: epoch)) }
+            return epochCache.indices[position % sampler.samplesPerReplica]
+        }
+        let schedule = config.optim.learningRateSchedule
+        let bar = rank == 0 && startStep < totalSteps
+            ? ProgressBar(total: totalSteps - startStep, label: "train \(config.task.rawValue)", unit: "steps") : nil
+        var lastLoss = Double.nan
+        var smoothed: Double? = nil
+        let clock = Date()
+        task.module.train()
+        var step = startStep
+        while step < totalSteps {
+            optimizer.learningRate = schedule.learningRate(base: config.optim.learningRate, atStep: step)
+            var parts: [String: Double] = [:]
+            let report = try replica.step(microBatches: accumulation, optimizer: optimizer, maxGradientNorm: config.optim.maxGradNorm) { k in
+                let first = (step * accumulation + k) * perMicro
+                let positions = Array(first ..< first + perMicro)
+                var generators = positions.map { SeededGenerator.stream(seed: config.seed, index: $0 * dp + rank % dp) }
+                let (loss, lossParts) = try task.loss(indices: positions.map(index(at:)), generators: &generators)
+                for (key, value) in lossParts { parts[key, default: 0] += value / Double(accumulation) }
+                return loss
+            }
+            ema?.update()
+            step += 1
+            lastLoss = report.loss
+            smoothed = smoothed.map { 0.98 * $0 + 0.02 * report.loss } ?? report.loss
+            if rank == 0 {
+                let elapsed = Date().timeIntervalSince(clock)
+                var line: [String: Any] = ["step": step, "loss": report.loss, "lr": optimizer.learningRate,
+                                           "samples": step * config.optim.batchSize, "elapsed_s": (elapsed * 10).rounded() / 10,
+                                           "samples_per_s": Double((step - startStep) * config.optim.batchSize) / max(elapsed, 1e-9)]
+                if let norm = report.gradientNorm { line["grad_norm"] = Double(norm) }
+                for (key, value) in parts { line["loss_\(key)"] = value }
+                outputs.metric(line)
+                bar?.update(step - startStep, status: String(format: "loss %.4f (avg %.4f) lr %.2e", report.loss, smoothed!, optimizer.learningRate))
+            }
+            let checkpointDue = step % config.checkpoint.every == 0 || step == totalSteps
+            if checkpointDue {
+                try saveCheckpoint(step: step, task: task, optimizer: optimizer, ema: ema)
+            }
+            if let every = config.checkpoint.sampleEvery, step % every == 0 || step == totalSteps, rank == 0 {
+                try writeSamples(step: step, task: task, parameters: parameters, ema: ema)
+            }
+        }
+        if let path = options.timeline, let timeline = replica.timeline {
+            try timeline.writeMerged(to: URL(fileURLWithPath: path), over: communicator)
+        }
+        if rank == 0, let export = exportPath, step >= config.optim.steps || options.maxSteps != nil {
+            let backup = parameters.map { $0.tensor.contiguousCopy() }
+            ema?.copy(into: parameters)
+            let written = try task.export(to: export)
+            for (k, p) in parameters.enumerated() { p.tensor.assign(backup[k]) }
+            log("exported \(ema == nil ? "weights" : "EMA weights") to \(written.joined(separator: ", "))")
+        }
+        try communicator.barrier()
+        log(String(format: "done: step %d, loss %.5f", step, lastLoss))
+        return lastLoss
+    }
+
+    var exportPath: String? {
+        switch config.task {
+        case .base: return config.base?.export
+        }
+    }
+
+    /// What a checkpoint must agree on with the config to be resumed: everything that changes
+    /// the meaning of the weights or the data order (not the step count or learning rate).
+    var fingerprint: String {
+        var parts = [config.task.rawValue, "seed=\(config.seed)", "data=\(config.data.path)|\(config.data.split ?? "")|\(config.data.limit ?? 0)",
+                     "batch=\(config.optim.batchSize)x\(config.optim.gradientAccumulation)",
+                     "schedule=\(config.diffusion.scheduler.betaSchedule.rawValue),\(config.diffusion.scheduler.numTrainTimesteps),\(config.diffusion.scheduler.predictionType.rawValue)"]
+        if let base = config.base { parts.append("unet=\(base.unet)|encoder=\(base.textEncoder)|\(base.maxLength)") }
+        return parts.joined(separator: ";")
+    }
+
+    func saveCheckpoint(step: Int, task: TrainingTask, optimizer: AdamW, ema: ExponentialMovingAverage?) throws {
+        try agree("writing the checkpoint") {
+            guard communicator.rank == 0 else { return }
+            var checkpoint = TrainingCheckpoint(module: task.module, optimizer: optimizer, trainableOnly: true, metadata: [
+                "step": "\(step)", "task": config.task.rawValue, "config": config.file, "fingerprint": fingerprint,
+                "samples_seen": "\(step * config.optim.batchSize)", "world_size": "\(communicator.size)",
+            ])
+            if let ema { checkpoint.extraState = ema.stateDict() }
+            try outputs.writeCheckpoint(checkpoint, step: step)
+        }
+    }
+
+    /// Loads the checkpoint on every rank and returns its step.
+    func resume(task: TrainingTask, optimizer: AdamW, ema: ExponentialMovingAverage?) throws -> Int {
+        let url = options.resumeFrom.map { URL(fileURLWithPath: $0) } ?? outputs.latestCheckpoint
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw TrainingError.checkpoint(file: url.path, message: "does not exist; nothing to resume (run without --resume to start)")
+        }
+        let checkpoint = try TrainingCheckpoint(contentsOf: url)
+        guard checkpoint.metadata["fingerprint"] == fingerprint else {
+            throw TrainingError.checkpoint(file: url.path, message: "was written for a different config (\(checkpoint.metadata["fingerprint"] ?? "no fingerprint")); this config is \(fingerprint)")
+        }
+        guard let stepText = checkpoint.metadata["step"], let step = Int(stepText) else {
+            throw TrainingError.checkpoint(file: url.path, message: "has no step in its metadata")
+        }
+        do {
+            try checkpoint.restore(into: task.module, optimizer: optimizer)
+            if let ema { try ema.loadStateDict(checkpoint.extraState) }
+        } catch {
+            throw TrainingError.checkpoint(file: url.path, message: "does not fit this model: \(error)")
+        }
+        if communicator.rank == 0 { try outputs.truncateMetrics(after: step) }
+        return step
+    }
+
+    func writeSamples(step: Int, task: TrainingTask, parameters: [(name: String, tensor: Tensor)], ema: ExponentialMovingAverage?) throws {
+        let backup = parameters.map { $0.tensor.contiguousCopy() }
+        ema?.copy(into: parameters)
+        task.module.eval()
+        defer {
+            for (k, p) in parameters.enumerated() { p.tensor.assign(backup[k]) }
+            task.module.train()
+        }
+        guard let samples = try task.samples(step: step) else { return }
+        try outputs.writeSamples(samples, step: step)
+    }
+}

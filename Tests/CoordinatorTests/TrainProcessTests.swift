@@ -1,0 +1,219 @@
+import Foundation
+import Tensor
+import XCTest
+
+/// `train` as a user runs it: real processes on a tiny UNet and a 16-scene dataset, alone and
+/// under mpirun. Resuming, data parallelism, SIGKILL during checkpoints and bad configs.
+final class TrainProcessTests: XCTestCase {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    static let textEncoder = repository.appendingPathComponent("cache/models/minilm")
+
+    var work: URL!
+
+    override func setUpWithError() throws {
+        guard FileManager.default.fileExists(atPath: Self.textEncoder.appendingPathComponent("model.safetensors").path) else {
+            XCTFail("MiniLM is missing from \(Self.textEncoder.path): run scripts/setup")
+            throw XCTSkip("no text encoder")
+        }
+        work = FileManager.default.temporaryDirectory.appendingPathComponent("sura-train-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        let scenes = try run(Self.executable("sura"), ["data", "scenes", "--out", path("data"), "--count", "16", "--canvas", "16",
+                                                     "--max-items", "1", "--seed", "3"])
+        XCTAssertEqual(scenes.status, 0, scenes.output)
+        let unet = """
+        {"_class_name": "UNet2DConditionModel", "sample_size": 16, "in_channels": 3, "out_channels": 3,
+         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "mid_block_type": "UNetMidBlock2DCrossAttn",
+         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "block_out_channels": [8, 16], "layers_per_block": 1,
+         "norm_num_groups": 4, "cross_attention_dim": 384, "attention_head_dim": 2}
+        """
+        try unet.write(to: work.appendingPathComponent("unet.json"), atomically: true, encoding: .utf8)
+    }
+
+    override func tearDownWithError() throws {
+        if let work { try? FileManager.default.removeItem(at: work) }
+    }
+
+    func path(_ name: String) -> String { work.appendingPathComponent(name).path }
+
+    /// A config for the tiny model; `extra` lines are appended (YAML).
+    func writeConfig(_ name: String, output: String, dp: Int = 1, steps: Int = 4, batch: Int = 4, every: Int = 2,
+                     seed: Int = 0, extra: String = "", base: String = "") throws -> String {
+        let text = """
+        task: base
+        seed: \(seed)
+        output_dir: \(path(output))
+        data: {path: \(path("data"))}
+        diffusion: {prediction_type: v_prediction, snr_gamma: 5}
+        optim: {learning_rate: 1.0e-3, warmup_steps: 1, steps: \(steps), batch_size: \(batch), ema_decay: 0.9}
+        checkpoint: {every: \(every)}
+        topology: {dp: \(dp), pp: 1}
+        base: {unet: \(path("unet.json")), text_encoder: \(Self.textEncoder.path), max_length: 12\(base)}
+        \(extra)
+        """
+        let url = work.appendingPathComponent(name)
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
+
+    func losses(_ output: String) throws -> [Int: Double] {
+        let text = try String(contentsOfFile: path(output) + "/metrics.jsonl", encoding: .utf8)
+        var result: [Int: Double] = [:]
+        for line in text.split(separator: "\n") {
+            let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            result[try XCTUnwrap(object["step"] as? Int)] = try XCTUnwrap(object["loss"] as? Double)
+        }
+        return result
+    }
+
+    // MARK: Behaviour
+
+    func testResumeContinuesTheSameLossCurve() throws {
+        let straight = try writeConfig("straight.yaml", output: "straight")
+        let full = try run(Self.executable("train"), ["--config", straight])
+        XCTAssertEqual(full.status, 0, full.output)
+        XCTAssertTrue(full.output.contains("done: step 4"), full.output)
+        let interrupted = try writeConfig("interrupted.yaml", output: "interrupted")
+        let first = try run(Self.executable("train"), ["--config", interrupted, "--max-steps", "2"])
+        XCTAssertEqual(first.status, 0, first.output)
+        let second = try run(Self.executable("train"), ["--config", interrupted, "--resume"])
+        XCTAssertEqual(second.status, 0, second.output)
+        XCTAssertTrue(second.output.contains("resumed at step 2"), second.output)
+        let a = try losses("straight"), b = try losses("interrupted")
+        XCTAssertEqual(Set(a.keys), Set(1...4))
+        XCTAssertEqual(Set(b.keys), Set(1...4), "a resumed run keeps one line per step")
+        // Same weights, optimizer state, data order and noise: the same arithmetic, so the same bits.
+        for step in 1...4 { XCTAssertEqual(a[step]!, b[step]!, "step \(step)") }
+        for file in ["loss.png", "train.log", "checkpoints/latest.safetensors"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: path("straight/\(file)")), file)
+        }
+    }
+
+    func testDataParallelMatchesOneProcess() throws {
+        let mpirun = try Self.mpirun()
+        let single = try writeConfig("single.yaml", output: "single", steps: 3, every: 3)
+        let one = try run(Self.executable("train"), ["--config", single])
+        XCTAssertEqual(one.status, 0, one.output)
+        let double = try writeConfig("double.yaml", output: "double", dp: 2, steps: 3, every: 3)
+        let two = try run(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", double], timeout: 300)
+        XCTAssertEqual(two.status, 0, two.output)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("double/logs/rank-1.log")), "rank 1 keeps its own log")
+        let a = try losses("single"), b = try losses("double")
+        // Each rank averages its half of the batch and the halves' gradients are averaged, so the
+        // sums are grouped differently from one process: equal up to float rounding (~1e-7
+        // relative per step), which the optimizer then carries forward over three steps.
+        for step in 1...3 {
+            XCTAssertEqual(a[step]!, b[step]!, accuracy: 1e-4 * abs(a[step]!), "step \(step): \(a[step]!) vs \(b[step]!)")
+        }
+        let p = try TrainingCheckpoint(contentsOf: URL(fileURLWithPath: path("single/checkpoints/latest.safetensors")))
+        let q = try TrainingCheckpoint(contentsOf: URL(fileURLWithPath: path("double/checkpoints/latest.safetensors")))
+        XCTAssertEqual(Set(p.parameters.keys), Set(q.parameters.keys))
+        var worst: Float = 0
+        for (name, tensor) in p.parameters {
+            for (x, y) in zip(tensor.scalars, q.parameters[name]!.scalars) { worst = max(worst, abs(x - y)) }
+        }
+        XCTAssertLessThan(worst, 1e-4, "largest parameter difference after 3 steps")
+    }
+
+    func testKillDuringCheckpointWritesNeverBreakTheLatestCheckpoint() throws {
+        let config = try writeConfig("kill.yaml", output: "kill", steps: 400, batch: 2, every: 1)
+        let latest = URL(fileURLWithPath: path("kill/checkpoints/latest.safetensors"))
+        var kills = 0
+        for delay in [0.15, 0.4, 0.05, 0.3, 0.25] {
+            let child = try Child(try Self.executable("train"), ["--config", config] + (kills > 0 ? ["--resume"] : []))
+            // Wait for a first checkpoint, then kill at an arbitrary moment (checkpoints are written every step).
+            XCTAssertTrue(child.wait(upTo: 120, until: { $0.contains("checkpoint") }), child.output)
+            usleep(useconds_t(delay * 1e6))
+            kill(child.process.processIdentifier, SIGKILL)
+            child.process.waitUntilExit()
+            kills += 1
+            let checkpoint = try TrainingCheckpoint(contentsOf: latest)
+            XCTAssertNotNil(Int(checkpoint.metadata["step"] ?? ""), "kill \(kills): the latest checkpoint has a step")
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: latest.deletingLastPathComponent().path)
+            XCTAssertTrue(leftovers.allSatisfy { $0 == "latest.safetensors" || $0.hasPrefix(".") || $0.contains("tmp") }, "\(leftovers)")
+        }
+        let finish = try run(Self.executable("train"), ["--config", config, "--resume", "--max-steps", "\(try resumedStep(latest) + 1)"])
+        XCTAssertEqual(finish.status, 0, finish.output)
+    }
+
+    func resumedStep(_ url: URL) throws -> Int { Int(try TrainingCheckpoint(contentsOf: url).metadata["step"]!)! }
+
+    func testARankKilledBySIGKILLEndsTheJob() throws {
+        let mpirun = try Self.mpirun()
+        let config = try writeConfig("dead.yaml", output: "dead", dp: 2, steps: 100_000, batch: 2, every: 1000)
+        let child = try Child(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", config])
+        defer { child.stop() }
+        XCTAssertTrue(child.wait(upTo: 120, until: { $0.contains("train base [") }), child.output)
+        let ranks = try Self.pids(matching: config).filter { $0 != child.process.processIdentifier }
+        XCTAssertEqual(ranks.count, 2, "two train ranks running: \(ranks)")
+        kill(ranks.max()!, SIGKILL)
+        let started = Date()
+        child.process.waitUntilExit()
+        XCTAssertLessThan(Date().timeIntervalSince(started), 30, "the job ends within 30 s")
+        XCTAssertNotEqual(child.process.terminationStatus, 0)
+        XCTAssertTrue(child.output.contains("signal 9") || child.output.contains("rank 1") || child.output.contains("rank"), child.output)
+    }
+
+    // MARK: Bad input
+
+    func testBadConfigsStopWithAnErrorNamingTheKey() throws {
+        let task = work.appendingPathComponent("task.yaml")
+        try "task: dreambooth\noutput_dir: x\ndata: {path: y}\n".write(to: task, atomically: true, encoding: .utf8)
+        let odd = try writeConfig("odd.yaml", output: "x", batch: 3)
+        try String(contentsOfFile: odd, encoding: .utf8)
+            .replacingOccurrences(of: "batch_size: 3", with: "batch_size: 3, gradient_accumulation: 2")
+            .write(toFile: odd, atomically: true, encoding: .utf8)
+        let cases: [(String, [String])] = [
+            (try writeConfig("unknown.yaml", output: "x", extra: "optimiser: {}"), ["optimiser", "unknown key", ":10:"]),
+            (task.path, ["task", "dreambooth", "allowed values: base"]),
+            (try writeConfig("topology.yaml", output: "x", dp: 2), ["topology", "dp × pp", "1 rank"]),
+            (odd, ["optim.batch_size", "multiple of"]),
+            (try writeConfig("steps.yaml", output: "x", steps: 0), ["optim.steps", "between 1"]),
+            (try writeConfig("dropout.yaml", output: "x", base: ", condition_dropout: 2"), ["base.condition_dropout"]),
+        ]
+        for (config, expected) in cases {
+            let name = URL(fileURLWithPath: config).lastPathComponent
+            let result = try run(Self.executable("train"), ["--config", config])
+            XCTAssertNotEqual(result.status, 0, name)
+            for fragment in expected { XCTAssertTrue(result.output.contains(fragment), "\(name): '\(fragment)' not in: \(result.output)") }
+            XCTAssertTrue(result.output.contains(name), "\(name): the error names the file: \(result.output)")
+            XCTAssertFalse(result.output.contains("Fatal error"), result.output)
+        }
+    }
+
+    func testMissingDatasetAndForeignCheckpointAreClearErrors() throws {
+        let missing = try writeConfig("missing.yaml", output: "m")
+        try String(contentsOfFile: missing, encoding: .utf8).replacingOccurrences(of: path("data"), with: path("nowhere"))
+            .write(toFile: missing, atomically: true, encoding: .utf8)
+        let noData = try run(Self.executable("train"), ["--config", missing])
+        XCTAssertNotEqual(noData.status, 0)
+        XCTAssertTrue(noData.output.contains("data.path") && noData.output.contains("nowhere"), noData.output)
+
+        let original = try writeConfig("original.yaml", output: "shared", steps: 2)
+        XCTAssertEqual(try run(Self.executable("train"), ["--config", original]).status, 0)
+        let other = try writeConfig("other.yaml", output: "shared", steps: 4, seed: 7)
+        let foreign = try run(Self.executable("train"), ["--config", other, "--resume"])
+        XCTAssertNotEqual(foreign.status, 0)
+        XCTAssertTrue(foreign.output.contains("different config"), foreign.output)
+        let none = try run(Self.executable("train"), ["--config", try writeConfig("fresh.yaml", output: "fresh"), "--resume"])
+        XCTAssertNotEqual(none.status, 0)
+        XCTAssertTrue(none.output.contains("nothing to resume"), none.output)
+    }
+
+    func testExportedBaseModelGeneratesImages() throws {
+        let config = try writeConfig("export.yaml", output: "export", steps: 2,
+                                     extra: "", base: ", export: \(path("model"))")
+        let trained = try run(Self.executable("train"), ["--config", config])
+        XCTAssertEqual(trained.status, 0, trained.output)
+        XCTAssertTrue(trained.output.contains("exported EMA weights"), trained.output)
+        for file in ["unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "sura.json"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: path("model/\(file)")), file)
+        }
+        let generated = try run(Self.executable("sura"), ["generate", "--model", path("model"), "--prompt", "red dress", "--steps", "3",
+                                                        "--output", path("images")])
+        XCTAssertEqual(generated.status, 0, generated.output)
+        let image = try PNGImage(contentsOf: URL(fileURLWithPath: path("images")).appendingPathComponent(
+            try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: path("images")).sorted().first { $0.hasSuffix(".png") })))
+        XCTAssertEqual(image.width, 16)
+    }
+}
