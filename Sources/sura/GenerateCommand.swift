@@ -18,6 +18,12 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Model folder.")
     var model: String
 
+    @Option(help: "An adapter checkpoint (train's export): prompts go through the LLM and the adapter instead of the folder's text encoder alone.")
+    var adapter: String?
+
+    @Option(help: "The LLM for --adapter (default: the path the checkpoint names).")
+    var llm: String?
+
     @Option(name: .customLong("prompt"), help: "A prompt; repeat the option for several images.")
     var prompts: [String] = []
 
@@ -58,8 +64,13 @@ struct GenerateCommand: ParsableCommand {
         let folderURL = URL(fileURLWithPath: model)
         do {
             let folder = try PipelineFolder.load(folderURL)
-            guard folder.textConditioning != nil else { throw PipelineError.noConditioningProvider(folder: folderURL.path) }
-            let pipeline = try folder.makePipeline(scheduler: scheduler)
+            var provider: (any ConditioningProvider)? = nil
+            if let adapter {
+                provider = try AdapterConditioning.load(checkpoint: URL(fileURLWithPath: adapter), folder: folder, llm: llm)
+            } else if folder.textConditioning == nil {
+                throw PipelineError.noConditioningProvider(folder: folderURL.path)
+            }
+            let pipeline = try folder.makePipeline(scheduler: scheduler, conditioning: provider)
             let options = TextToImageOptions(steps: steps, guidanceScale: guidance, height: height, width: width)
             let bar = ProgressBar(total: steps, label: "generate", unit: "step")
             let start = BenchmarkTimer.now()

@@ -10,7 +10,7 @@ struct SuraCommand: ParsableCommand {
         abstract: "Train and serve LLM-enhanced text-to-image diffusion adapters.",
         subcommands: [InspectCommand.self, DataCommand.self, ServeCommand.self, WorkerCommand.self,
                       SubmitCommand.self, JobsCommand.self, GenerateCommand.self, ForwardCommand.self,
-                      CompleteCommand.self, ConvertCommand.self, FeaturesCommand.self,
+                      CompleteCommand.self, ConvertCommand.self, FeaturesCommand.self, EvalCommand.self,
                       BenchCommand.self, DemoCommand.self, SelfTestCommand.self])
 }
 

@@ -24,6 +24,13 @@ import Yams
 public struct TrainingConfig: Sendable {
     public enum Task: String, CaseIterable, Sendable {
         case base
+        case surAdapter = "sur_adapter"
+        case crossAdapter = "cross_adapter"
+        case vokenMapper = "voken_mapper"
+        case ella
+
+        /// The adapter this task trains; nil for the base model.
+        public var adapterType: AdapterType? { AdapterType(rawValue: rawValue) }
     }
 
     public struct DataSection: Sendable {
@@ -87,6 +94,7 @@ public struct TrainingConfig: Sendable {
     public var checkpoint = CheckpointSection()
     public var topology = TopologySection()
     public var base: BaseSection?
+    public var adapter: AdapterSection?
 
     /// Reads and validates `url`.
     /// - Throws: `JobSpecError` naming the file, line and dotted key.
@@ -103,7 +111,7 @@ public struct TrainingConfig: Sendable {
     public init(yaml: String, file: String) throws {
         let root = try JobYAMLReader.document(yaml, file: file)
         self.file = file
-        try root.rejectUnknownKeys(allowed: ["task", "seed", "output_dir", "data", "diffusion", "optim", "checkpoint", "topology", "base"])
+        try root.rejectUnknownKeys(allowed: ["task", "seed", "output_dir", "data", "diffusion", "optim", "checkpoint", "topology", "base", "adapter"])
         guard let task = try root.choice("task", Task.self) else {
             throw root.error("task", "is required; allowed values: \(Task.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -154,7 +162,18 @@ public struct TrainingConfig: Sendable {
             topology.dp = try node.int("dp", in: 1...4096) ?? 1
             topology.pp = try node.int("pp", in: 1...4096) ?? 1
         }
+        if let type = task.adapterType {
+            guard let node = try root.mapping("adapter") else {
+                throw root.error("adapter", "is required for task '\(task.rawValue)': {base_model: FOLDER, llm: GGUF, config: {…}}")
+            }
+            if root.has("base") { throw root.error("base", "belongs to task 'base'; an adapter task reads its frozen model from adapter.base_model") }
+            adapter = try AdapterSection(node, type: type)
+        } else if root.has("adapter") {
+            throw root.error("adapter", "belongs to the adapter tasks (\(Task.allCases.compactMap(\.adapterType).map(\.rawValue).joined(separator: ", "))), not 'base'")
+        }
         switch task {
+        case .surAdapter, .crossAdapter, .vokenMapper, .ella:
+            break
         case .base:
             guard let node = try root.mapping("base") else {
                 throw root.error("base", "is required for task 'base': {unet: CONFIG_JSON, text_encoder: FOLDER}")
@@ -170,6 +189,9 @@ public struct TrainingConfig: Sendable {
         }
         if topology.pp > 1 && task == .base {
             throw root.error("topology", "pp = \(topology.pp), but task 'base' has no LLM to split; use pp: 1")
+        }
+        if topology.pp > 1 {
+            throw root.error("topology", "pp = \(topology.pp): this version computes the frozen LLM's features once, before training, on every rank, so there is nothing to pipeline; use pp: 1 and dp for the ranks")
         }
     }
 

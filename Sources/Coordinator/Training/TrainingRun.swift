@@ -102,6 +102,7 @@ public final class TrainingRun {
         let task: TrainingTask = try agree("building the model") {
             switch config.task {
             case .base: return try BaseModelTask(config: config, dataset: dataset, log: log)
+            case .surAdapter, .crossAdapter, .vokenMapper, .ella: return try AdapterTask(config: config, dataset: dataset, log: log)
             }
         }
         let parameters = task.module.namedTrainableParameters().map { (name: $0.0, tensor: $0.1) }
@@ -188,6 +189,7 @@ public final class TrainingRun {
     var exportPath: String? {
         switch config.task {
         case .base: return config.base?.export
+        case .surAdapter, .crossAdapter, .vokenMapper, .ella: return config.adapter?.export
         }
     }
 
@@ -198,6 +200,9 @@ public final class TrainingRun {
                      "batch=\(config.optim.batchSize)x\(config.optim.gradientAccumulation)",
                      "schedule=\(config.diffusion.scheduler.betaSchedule.rawValue),\(config.diffusion.scheduler.numTrainTimesteps),\(config.diffusion.scheduler.predictionType.rawValue)"]
         if let base = config.base { parts.append("unet=\(base.unet)|encoder=\(base.textEncoder)|\(base.maxLength)") }
+        if let adapter = config.adapter {
+            parts.append("adapter=\(adapter.type.rawValue)|\(String(decoding: adapter.configJSON, as: UTF8.self))|base=\(adapter.baseModel)|llm=\(adapter.llm ?? "")|\(adapter.llmLayer)|\(adapter.llmMaxLength)|\(adapter.promptField)")
+        }
         return parts.joined(separator: ";")
     }
 

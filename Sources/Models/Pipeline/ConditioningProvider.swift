@@ -17,6 +17,15 @@ public protocol ConditioningProvider: AnyObject {
     func negativeConditioning() throws -> Tensor
 }
 
+/// A provider whose conditioning changes along the denoising trajectory (ELLA's timestep-aware
+/// connector): the pipeline asks again at every step with that step's timestep t.
+public protocol TimestepConditioningProvider: ConditioningProvider {
+    /// [prompts.count, L, D] at timestep t.
+    func conditioning(for prompts: [String], timestep: Float) throws -> Tensor
+    /// [1, L, D] at timestep t.
+    func negativeConditioning(timestep: Float) throws -> Tensor
+}
+
 /// Conditioning straight from a text encoder's last hidden state, as Stable Diffusion does:
 /// every prompt is tokenized, truncated and padded to exactly `maxLength` tokens, encoded, and
 /// its [maxLength, D] token vectors are the conditioning. The negative conditioning is the empty

@@ -211,8 +211,18 @@ public final class TextToImagePipeline {
             let positive = try provider.conditioning(for: items.map(\.prompt))
             return (positive, try negativeConditioning(for: items, provider: provider))
         }
-        return try generate(conditioning: positive, negativeConditioning: negative, seeds: items.map(\.seed),
-                            options: options, progress: progress)
+        var perStep: ((Float) throws -> (Tensor, Tensor))? = nil
+        if let timed = provider as? any TimestepConditioningProvider {
+            guard items.allSatisfy({ ($0.negativePrompt ?? "").isEmpty }) else {
+                throw PipelineError.invalidOption(name: "negative_prompt", value: items.compactMap(\.negativePrompt).first ?? "",
+                                                  message: "a timestep-aware adapter uses its own negative conditioning; leave the negative prompt empty")
+            }
+            let prompts = items.map(\.prompt)
+            perStep = { t in (try timed.conditioning(for: prompts, timestep: t), try timed.negativeConditioning(timestep: t)) }
+        }
+        let latents = try denoise(conditioning: positive, negativeConditioning: negative, seeds: items.map(\.seed),
+                                  options: options, conditioningAt: perStep, progress: progress)
+        return TextToImageResult(images: try decode(latents), latents: latents)
     }
 
     /// [N, L, D] when some items have their own negative prompt (the others get the provider's
@@ -256,9 +266,14 @@ public final class TextToImagePipeline {
     }
 
     /// The denoising loop alone: returns the final sample (latents, or pixels in pixel space).
-    public func denoise(conditioning: Tensor, negativeConditioning: Tensor, seeds: [UInt64],
+    ///   - conditioningAt: for conditioning that depends on the timestep (ELLA's connector):
+    ///     called at every step with t, returns that step's conditioning [N, L, D] and negative
+    ///     conditioning [1 or N, L', D], which replace the fixed ones.
+    public func denoise(conditioning fixedConditioning: Tensor, negativeConditioning fixedNegative: Tensor, seeds: [UInt64],
                         options: TextToImageOptions = TextToImageOptions(),
+                        conditioningAt: ((Float) throws -> (Tensor, Tensor))? = nil,
                         progress: ((_ step: Int, _ total: Int) -> Void)? = nil) throws -> Tensor {
+        var conditioning = fixedConditioning, negativeConditioning = fixedNegative
         let n = seeds.count
         try checkConditioning(conditioning, negativeConditioning, count: n)
         let (height, width) = try imageSize(options)
@@ -271,17 +286,26 @@ public final class TextToImagePipeline {
         try scheduler.setTimesteps(options.steps)
         let timesteps = scheduler.timesteps
         let guided = options.guidanceScale != 1
-        let negative = negativeConditioning.shape[0] == n ? negativeConditioning
-            : negativeConditioning.expanded(to: [n] + Array(negativeConditioning.shape.dropFirst())).contiguous()
-        // One UNet batch when both branches have the same token count; two calls otherwise.
-        let joined = guided && negative.shape[1] == conditioning.shape[1]
-            ? Tensor.concat([negative, conditioning], axis: 0) : nil
+        var negative = Tensor(zeros: [1]), joined: Tensor? = nil
+        func prepare() {
+            negative = negativeConditioning.shape[0] == n ? negativeConditioning
+                : negativeConditioning.expanded(to: [n] + Array(negativeConditioning.shape.dropFirst())).contiguous()
+            // One UNet batch when both branches have the same token count; two calls otherwise.
+            joined = guided && negative.shape[1] == conditioning.shape[1]
+                ? Tensor.concat([negative, conditioning], axis: 0) : nil
+        }
+        prepare()
 
         return try withoutGrad {
             var generators = seeds.map { SeededGenerator(seed: $0) }
             let shape = [1, unet.config.inChannels, height / pixelsPerLatent, width / pixelsPerLatent]
             var x = drawNoise(shape, &generators) * scheduler.initNoiseSigma
             for (k, t) in timesteps.enumerated() {
+                if let conditioningAt {
+                    (conditioning, negativeConditioning) = try conditioningAt(t)
+                    try checkConditioning(conditioning, negativeConditioning, count: n)
+                    prepare()
+                }
                 let input = try scheduler.scaleModelInput(x, timestep: t)
                 let output: Tensor
                 if !guided {

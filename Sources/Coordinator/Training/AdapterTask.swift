@@ -1,0 +1,279 @@
+import Foundation
+import Tensor
+import Models
+import Data
+
+/// Trains one adapter against a frozen base model: the adapter turns a prompt's features (the
+/// text encoder's tokens and/or the LLM's hidden states) into the UNet's conditioning, and the
+/// LDM loss through the frozen UNet teaches it what the UNet needs, plus each paper's own terms
+/// (SUR-adapter's KL distillation, MiniGPT-5's caption-feature MSE).
+///
+/// The text encoder and the LLM are frozen, so each distinct prompt's features are computed
+/// once at start and looked up per batch (`PromptFeatureTable`), SUR-adapter's prompt2vec step.
+public final class AdapterTask: TrainingTask {
+    public let type: AdapterType
+    public let adapter: any ConditioningAdapter
+    public let unet: UNet2DConditionModel
+    public let dataset: ImageTextDataset
+    public let section: TrainingConfig.AdapterSection
+    /// The frozen text encoder's token features of every prompt used: [Lt, Dt] each.
+    let text: PromptFeatureTable?
+    /// The LLM's hidden states with the mask as one extra channel: [Ll, Dl + 1] each.
+    let llmTable: PromptFeatureTable?
+    /// The voken mapper's voken states: [V, Dl] each.
+    let vokenTable: PromptFeatureTable?
+    let llm: LLMPromptEncoder?
+    /// The voken embeddings [V, Dl]: every row the mean of the LLM's input embeddings, as
+    /// MiniGPT-5 initialises new vocabulary rows.
+    let vokens: Tensor?
+    let textEncoder: TextEncoderConditioning?
+    let lossFunction: DiffusionLoss
+    let schedulerConfig: SchedulerConfig
+    private let evaluationRecords: [DatasetRecord]
+    private let scoring: SampleScoring
+
+    public var module: Module { adapter }
+
+    /// Loads the base model and the LLM, builds the adapter (random init from `seed`) and
+    /// encodes every prompt of the dataset once.
+    /// - Throws: `TrainingError.config` naming the key at fault: `adapter.base_model`,
+    ///   `adapter.llm`, `adapter.llm_layer`, `adapter.config.<key>`, or `adapter.config.output_dim`
+    ///   when the adapter's width does not match the UNet's `cross_attention_dim`.
+    public init(config: TrainingConfig, dataset: ImageTextDataset, log: (String) -> Void) throws {
+        guard let section = config.adapter, let type = config.task.adapterType else {
+            throw TrainingError.config(file: config.file, key: "adapter", message: "is required")
+        }
+        self.type = type
+        self.section = section
+        self.dataset = dataset
+        func fail(_ key: String, _ message: String) -> TrainingError { .config(file: config.file, key: key, message: message) }
+
+        let folder: PipelineFolder
+        do {
+            folder = try PipelineFolder.load(URL(fileURLWithPath: section.baseModel))
+        } catch {
+            throw fail("adapter.base_model", "cannot load \(section.baseModel): \(error)")
+        }
+        unet = folder.unet
+        unet.freeze()
+        unet.eval()
+        let width = unet.config.crossAttentionDim.value(at: 0)
+
+        var rng = SeededGenerator(seed: config.seed)
+        do {
+            adapter = try AdapterFactory.make(type, json: section.configJSON, rng: &rng)
+        } catch let error as AdapterError {
+            if case let .invalidConfig(key, _, _) = error { throw fail("adapter.config.\(key)", "\(error)") }
+            throw fail("adapter.config", "\(error)")
+        }
+        guard adapter.outputWidth == width else {
+            throw fail("adapter.config.output_dim", "the adapter gives \(adapter.outputWidth)-wide tokens but the base UNet's cross_attention_dim is \(width) (\(section.baseModel))")
+        }
+        let needsText = adapter.requirements.contains(.textTokens) || type == .surAdapter || type == .vokenMapper
+        textEncoder = folder.textConditioning
+        if needsText && textEncoder == nil {
+            throw fail("adapter.base_model", "\(section.baseModel) names no text encoder in sura.json, and \(type.rawValue) needs one")
+        }
+
+        let needsLLM = adapter.requirements.contains(.llmHidden) || (type == .surAdapter && section.loss.klLLM > 0 && section.llm != nil)
+        if needsLLM, let path = section.llm {
+            let model: LlamaForCausalLM
+            do {
+                model = try LlamaForCausalLM.load(from: URL(fileURLWithPath: path))
+            } catch {
+                throw fail("adapter.llm", "cannot load \(path): \(error)")
+            }
+            let n = model.config.numHiddenLayers
+            guard section.llmLayer >= -(n + 1) && section.llmLayer <= n else {
+                throw fail("adapter.llm_layer", "\(section.llmLayer) is beyond the LLM's \(n) layers: use 0...\(n) (0 = embeddings, \(n) = after the final norm) or -\(n + 1)...-1")
+            }
+            do {
+                llm = try LLMPromptEncoder(llm: model, tokenizer: try LlamaTokenizerLoader.tokenizer(for: URL(fileURLWithPath: path)),
+                                           layer: section.llmLayer, maxLength: section.llmMaxLength, source: URL(fileURLWithPath: path))
+            } catch {
+                throw fail("adapter.llm", "\(error)")
+            }
+        } else {
+            llm = nil
+        }
+        if let llm, adapter.requirements.contains(.llmHidden), let expected = Self.llmInputWidth(adapter), expected != llm.width {
+            let key = type == .crossAdapter ? "llm_dim" : "input_dim"
+            throw fail("adapter.config.\(key)", "the adapter reads \(expected)-wide LLM states but \(section.llm ?? "the LLM") has hidden size \(llm.width)")
+        }
+        if let sur = adapter as? SURAdapter, let llm, sur.config.llmDim != llm.width {
+            throw fail("adapter.config.llm_dim", "\(sur.config.llmDim.map(String.init) ?? "null") must be the LLM's hidden size \(llm.width) for the kl_llm distillation term (or set adapter.loss.kl_llm: 0)")
+        }
+
+        // Every prompt the loss can ask for, encoded once.
+        let records = dataset.records
+        let shown = records.map { section.promptField == "text" ? $0.text : $0.prompt }
+        var textPrompts = shown + [""]
+        if type == .surAdapter || type == .vokenMapper { textPrompts += records.map(\.prompt) }
+        func table(_ label: String, _ prompts: [String], encode: ([String]) throws -> Tensor) throws -> PromptFeatureTable {
+            let started = Date()
+            var bar: ProgressBar? = nil
+            let result = try PromptFeatureTable(prompts: prompts, batchSize: 32, encode: encode, progress: { done, total in
+                if bar == nil { bar = ProgressBar(total: total, label: label, unit: "prompts") }
+                bar?.update(done)
+            })
+            log(String(format: "%@: %d distinct prompts in %.1f s", label, result.count, Date().timeIntervalSince(started)))
+            return result
+        }
+        if needsText, let textEncoder {
+            text = try table("text encoder", textPrompts) { try textEncoder.conditioning(for: $0) }
+        } else {
+            text = nil
+        }
+        if type == .vokenMapper, let llm {
+            let count = (adapter as? VokenMapper)?.config.numVokens ?? 8
+            let mean = try withoutGrad { llm.llm.model.embedTokens.weight.mean(axes: [0], keepDims: true) }
+            let rows = mean.expanded(to: [count, llm.width]).contiguous()
+            vokens = rows
+            vokenTable = try table("LLM voken states", shown) { prompts in try withoutGrad { try llm.vokenStates(prompts, vokens: rows) } }
+            llmTable = nil
+        } else if let llm {
+            vokens = nil
+            vokenTable = nil
+            llmTable = try table("LLM layer \(llm.layer)", shown + [""]) { prompts in
+                let (hidden, mask) = try llm.encode(prompts)
+                return Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2)
+            }
+        } else {
+            vokens = nil
+            vokenTable = nil
+            llmTable = nil
+        }
+        if type == .vokenMapper, let mapper = adapter as? VokenMapper, let text, section.loss.caption > 0,
+           mapper.config.numQueries != text.length {
+            throw fail("adapter.config.num_queries", "\(mapper.config.numQueries) must equal the text encoder's \(text.length) tokens, since the caption loss compares the mapper's output with the caption's features")
+        }
+
+        schedulerConfig = folder.schedulerConfig
+        let diffusion = config.diffusion
+        lossFunction = DiffusionLoss(schedule: try NoiseSchedule(config: schedulerConfig), predictionType: schedulerConfig.predictionType,
+                                     snrGamma: diffusion.snrGamma, noiseOffset: diffusion.noiseOffset)
+        evaluationRecords = Array(dataset.records.prefix(32))
+        scoring = SampleScoring.load()
+    }
+
+    /// The LLM width an adapter expects, when its config states one.
+    static func llmInputWidth(_ adapter: any ConditioningAdapter) -> Int? {
+        guard let json = try? AdapterFactory.configJSON(of: adapter),
+              let object = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else { return nil }
+        return (object["input_dim"] ?? object["llm_dim"]) as? Int
+    }
+
+    func prompt(_ record: DatasetRecord) -> String { section.promptField == "text" ? record.text : record.prompt }
+
+    /// The adapter's inputs for a batch; `dropped[b]` gives sample b the unconditional input.
+    func inputs(records: [DatasetRecord], dropped: [Bool]) throws -> AdapterInputs {
+        let prompts = zip(records, dropped).map { $1 ? "" : prompt($0) }
+        var inputs = AdapterInputs()
+        if adapter.requirements.contains(.textTokens), let text { inputs.textTokens = try text.features(prompts) }
+        if let vokenTable {
+            // MiniGPT-5's CFG: a dropped sample's vokens are zeros (mapper(0) is the negative).
+            let states = try vokenTable.features(records.map(prompt))
+            let keep = Tensor(shape: [records.count, 1, 1], data: dropped.map { $0 ? 0 : 1 })
+            inputs.llmHidden = dropped.contains(true) ? states * keep : states
+        } else if let llmTable {
+            let both = try llmTable.features(prompts)
+            let parts = both.split([llmTable.width - 1, 1], axis: 2)
+            inputs.llmHidden = parts[0].contiguous()
+            inputs.llmMask = parts[1].squeezed(2).contiguous()
+        }
+        return inputs
+    }
+
+    public func loss(indices: [Int], generators: inout [SeededGenerator]) throws -> (total: Tensor, parts: [String: Double]) {
+        let records = indices.map { dataset.records[$0] }
+        // [B, 3, H, W]
+        let images = dataset.images(indices)
+        var dropped: [Bool] = []
+        for b in indices.indices { dropped.append(Double(generators[b].nextUniform()) < section.conditionDropout) }
+        let inputs = try inputs(records: records, dropped: dropped)
+        var parts: [String: Double] = [:]
+        var conditioning: Tensor? = nil
+        var surOutput: SURAdapterOutput? = nil
+        let diffusion: Tensor
+        if let sur = adapter as? SURAdapter, let tokens = inputs.textTokens {
+            // The distillation terms need the encoder output too, so run the adapter once here.
+            let output = try sur.forward(tokens)
+            surOutput = output
+            conditioning = output.output
+            diffusion = try lossFunction(unet: unet, original: images, conditioning: output.output, generators: &generators)
+        } else if adapter.requirements.contains(.timesteps) {
+            diffusion = try lossFunction(unet: unet, original: images, conditioning: Tensor(zeros: [1]), generators: &generators,
+                                         timestepConditioning: { timesteps in
+                var timed = inputs
+                timed.timesteps = timesteps.map(Float.init)
+                return try self.adapter.conditioning(timed)
+            })
+        } else {
+            // [B, L, D]
+            let c = try adapter.conditioning(inputs)
+            conditioning = c
+            diffusion = try lossFunction(unet: unet, original: images, conditioning: c, generators: &generators)
+        }
+        parts["diffusion"] = Double(diffusion.item)
+        var total = diffusion * Float(section.loss.diffusion)
+        if type == .vokenMapper, section.loss.caption > 0, let conditioning, let text {
+            // MiniGPT-5's caption loss: the mapped vokens should look like the text encoder's
+            // features of the caption (the empty caption's for a dropped sample).
+            let target = try text.features(zip(records, dropped).map { $1 ? "" : $0.prompt })
+            let difference = conditioning - target
+            let caption = (difference * difference).mean()
+            parts["caption"] = Double(caption.item)
+            total = total + caption * Float(section.loss.caption)
+        }
+        if let sur = adapter as? SURAdapter, let surOutput {
+            // SUR-adapter's distillation: the encoder output towards the LLM's feature of the
+            // simple prompt (through the frozen projection), the conditioning towards the text
+            // encoder's features of the complex prompt.
+            if section.loss.klLLM > 0, let llmTable {
+                let both = try llmTable.features(records.map(prompt))
+                let parts2 = both.split([llmTable.width - 1, 1], axis: 2)
+                let target = try sur.projectedLLMFeature(parts2[0].contiguous(), mask: parts2[1].squeezed(2).contiguous())
+                let term = try SURAdapterLoss.distillation(target, surOutput.encoderOutput, names: ("projectedLLM", "encoderOutput"))
+                parts["kl_llm"] = Double(term.item)
+                total = total + term * Float(section.loss.klLLM)
+            }
+            if section.loss.klComplex > 0, let text {
+                let complex = try text.features(records.map(\.prompt))
+                let term = try SURAdapterLoss.distillation(complex, surOutput.output, names: ("complexPrompt", "adapterOutput"))
+                parts["kl_complex"] = Double(term.item)
+                total = total + term * Float(section.loss.klComplex)
+            }
+        }
+        return (total, parts)
+    }
+
+    public func samples(step: Int) throws -> TrainingSamples? {
+        let provider = try conditioningProvider()
+        let pipeline = try TextToImagePipeline(unet: unet, vae: nil, scheduler: SchedulerRegistry.makeScheduler(config: schedulerConfig),
+                                               conditioningProvider: provider)
+        let records = evaluationRecords
+        let result = try pipeline.generate(records.enumerated().map { ImagePrompt(prompt($1), seed: UInt64($0)) },
+                                           options: TextToImageOptions(steps: 25, guidanceScale: 4, height: dataset.height, width: dataset.width))
+        return TrainingSamples(grid: try result.grid(columns: 8), scores: try scoring.score(images: result.images, records: records))
+    }
+
+    /// The adapter as inference uses it (the same encoders, the same voken rows).
+    public func conditioningProvider() throws -> AdapterConditioning {
+        try AdapterConditioning(type: type, adapter: adapter, textEncoder: textEncoder, llm: llm, vokens: vokens)
+    }
+
+    /// Writes the adapter checkpoint `sura generate --adapter` and `sura eval semantic` load.
+    public func export(to path: String) throws -> [String] {
+        var metadata = ["base_model": section.baseModel, "prompt_field": section.promptField]
+        if let path = section.llm, let llm {
+            metadata["llm"] = path
+            metadata["llm_layer"] = "\(llm.layer)"
+            metadata["llm_max_length"] = "\(llm.maxLength)"
+        }
+        var checkpoint = AdapterCheckpoint(type: type, adapter: adapter, metadata: metadata)
+        if let vokens { checkpoint.extraTensors["vokens"] = vokens }
+        let url = URL(fileURLWithPath: path)
+        try checkpoint.write(to: url)
+        return [url.path]
+    }
+}

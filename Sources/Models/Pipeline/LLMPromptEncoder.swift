@@ -1,0 +1,115 @@
+import Foundation
+import Tensor
+
+/// A frozen decoder LLM (SmolLM2) read as a prompt encoder: one hidden layer of every prompt, the
+/// input the LLM-side adapters (Cross-Adapter Module, ELLA's connector, the voken mapper, and
+/// SUR-adapter's distillation target) consume.
+///
+/// Every prompt comes out at the same length `maxLength` so batches and cached tables line up:
+///
+///     hidden [B, maxLength, D]   the layer's states, zero at padding
+///     mask   [B, maxLength]      1 for a token, 0 for padding (right padding)
+///
+/// Prompts longer than `maxLength` tokens are truncated. The empty prompt, which SmolLM2's
+/// tokenizer turns into no tokens at all, is encoded as the single end-of-text token, so the
+/// unconditional branch (LLM("") in ELLA and LLM4GEN) is a real, finite state.
+public final class LLMPromptEncoder {
+    public let llm: LlamaForCausalLM
+    public let tokenizer: any Tokenizer
+    /// The hidden state read, in transformers' numbering (0 = embeddings, N = after the final norm).
+    public let layer: Int
+    public let maxLength: Int
+    /// Where the LLM came from (a .gguf file or a transformers folder), for checkpoints' metadata.
+    public let source: URL
+
+    /// Loads the LLM and its tokenizer and freezes the LLM.
+    /// - Parameters:
+    ///   - layer: −(N+1)…N; negative counts from the end (−1 = after the final norm).
+    ///   - maxLength: tokens kept per prompt, 1…max_position_embeddings.
+    /// - Throws: `LlamaError.invalidInput` naming `layer` or `max_length` when out of range; the
+    ///   loader's errors naming the file.
+    public convenience init(model: URL, layer: Int, maxLength: Int) throws {
+        let llm = try LlamaForCausalLM.load(from: model)
+        let tokenizer = try LlamaTokenizerLoader.tokenizer(for: model)
+        try self.init(llm: llm, tokenizer: tokenizer, layer: layer, maxLength: maxLength, source: model)
+    }
+
+    public init(llm: LlamaForCausalLM, tokenizer: any Tokenizer, layer: Int, maxLength: Int, source: URL) throws {
+        let n = llm.config.numHiddenLayers
+        guard layer >= -(n + 1) && layer <= n else {
+            throw LlamaError.invalidInput(name: "layer", message: "\(layer) is beyond the LLM's \(n) layers: use 0...\(n) (0 = embeddings, \(n) = after the final norm) or -\(n + 1)...-1")
+        }
+        guard maxLength >= 1 && maxLength <= llm.config.maxPositionEmbeddings else {
+            throw LlamaError.invalidInput(name: "max_length", message: "\(maxLength) must be between 1 and max_position_embeddings = \(llm.config.maxPositionEmbeddings)")
+        }
+        llm.freeze()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.layer = layer < 0 ? layer + n + 1 : layer
+        self.maxLength = maxLength
+        self.source = source
+    }
+
+    /// D, the LLM's hidden size.
+    public var width: Int { llm.config.hiddenSize }
+
+    /// The id used for padding and for the empty prompt.
+    var fillerToken: Int { llm.config.eosTokenIds.first ?? llm.config.padTokenId ?? 0 }
+
+    /// Token ids of `prompt` as encoded here: at most `maxLength`, never empty.
+    public func tokens(_ prompt: String) -> [Int] {
+        let ids = tokenizer.encode(prompt, addSpecialTokens: true)
+        return ids.isEmpty ? [fillerToken] : Array(ids.prefix(maxLength))
+    }
+
+    /// hidden [B, maxLength, D] (zero at padding) and mask [B, maxLength], without a graph.
+    /// - Throws: `LlamaError.invalidInput` for an empty prompt list.
+    public func encode(_ prompts: [String]) throws -> (hidden: Tensor, mask: Tensor) {
+        guard !prompts.isEmpty else { throw LlamaError.invalidInput(name: "prompts", message: "at least one prompt is needed") }
+        let rows = prompts.map(tokens)
+        let longest = rows.map(\.count).max()!
+        let padded = rows.map { $0 + [Int](repeating: fillerToken, count: longest - $0.count) }
+        let rowMask = rows.map { [Int](repeating: 1, count: $0.count) + [Int](repeating: 0, count: longest - $0.count) }
+        // [B, longest, D]
+        let states = try withoutGrad { try llm.hiddenState(inputIds: padded, attentionMask: rowMask, layer: layer) }.contiguousCopy()
+        let d = width
+        let hidden = Tensor(zeros: [prompts.count, maxLength, d])
+        var mask = [Float](repeating: 0, count: prompts.count * maxLength)
+        for (b, row) in rows.enumerated() {
+            // Real tokens only: padded positions stay zero whatever the LLM computed there.
+            (hidden.storage.pointer + b * maxLength * d)
+                .update(from: states.storage.pointer + b * longest * d, count: row.count * d)
+            for j in 0..<row.count { mask[b * maxLength + j] = 1 }
+        }
+        return (hidden, Tensor(shape: [prompts.count, maxLength], data: mask))
+    }
+
+    /// MiniGPT-5's voken states: each prompt followed by the voken embeddings `vokens` [V, D]
+    /// (rows the vocabulary does not have; left padding so they sit at the same positions in
+    /// every row), and the layer's states at those V positions: [B, V, D]. Gradients flow into
+    /// `vokens` when it requires them (the LLM itself stays frozen).
+    /// - Throws: `LlamaError.invalidInput` naming `vokens` when it is not [V, D].
+    public func vokenStates(_ prompts: [String], vokens: Tensor) throws -> Tensor {
+        guard vokens.rank == 2, vokens.shape[1] == width, vokens.shape[0] >= 1 else {
+            throw LlamaError.invalidInput(name: "vokens", message: "has shape \(vokens.shape); expected [V, \(width)]")
+        }
+        guard !prompts.isEmpty else { throw LlamaError.invalidInput(name: "prompts", message: "at least one prompt is needed") }
+        let v = vokens.shape[0], d = width
+        let rows = prompts.map(tokens)
+        let longest = rows.map(\.count).max()!
+        let padded = rows.map { [Int](repeating: fillerToken, count: longest - $0.count) + $0 }
+        let b = prompts.count
+        // [B, longest, D] token embeddings of the (frozen) vocabulary.
+        let text = try withoutGrad { try llm.model.embedTokens(padded.flatMap { $0 }, shape: [b, longest]) }
+        // [B, longest + V, D]
+        let embeds = Tensor.concat([text, vokens.reshaped([1, v, d]).expanded(to: [b, v, d])], axis: 1)
+        let mask = rows.map { [Int](repeating: 0, count: longest - $0.count) + [Int](repeating: 1, count: $0.count + v) }
+        let output = try llm(inputsEmbeds: embeds, attentionMask: mask, outputHiddenStates: true, logits: .none)
+        let states = output.hiddenStates
+        guard layer < states.count else {
+            throw LlamaError.invalidInput(name: "layer", message: "\(layer) has no hidden state")
+        }
+        // [B, V, D]
+        return states[layer].sliced(axis: 1, longest, longest + v)
+    }
+}

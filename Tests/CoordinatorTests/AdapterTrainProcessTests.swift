@@ -1,0 +1,218 @@
+import Foundation
+import Tensor
+import XCTest
+
+/// Adapter training as a user runs it: a tiny base model trained by `train`, then every adapter
+/// type trained on it with the real SmolLM2 and MiniLM, exported, used by `sura generate
+/// --adapter` and scored by `sura eval semantic`; resume, data parallelism and bad configs.
+final class AdapterTrainProcessTests: XCTestCase {
+    static let repository = TrainProcessTests.repository
+    static let llm = repository.appendingPathComponent("cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+    /// Small adapter configs (the paper's structure, narrow and shallow so a step is quick); every
+    /// output is 384 wide, the tiny UNet's cross_attention_dim.
+    static let adapterConfigs: [String: String] = [
+        "sur_adapter": "{depth: 1, heads: 4, dim_feedforward: 64, dropout: 0}",
+        "cross_adapter": "{heads: 4}",
+        "voken_mapper": "{num_vokens: 2, num_queries: 12, fc_hidden_dim: 64, num_encoder_layers: 1, num_decoder_layers: 1, heads: 4, dim_feedforward: 64}",
+        "ella": "{layers: 1, heads: 4, num_latents: 4, width: 64, time_channel: 32, time_embedding_dim: 64}",
+    ]
+
+    static var work: URL!
+
+    /// One dataset and one tiny exported base model for the whole class.
+    override class func setUp() {
+        super.setUp()
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: TrainProcessTests.textEncoder.appendingPathComponent("model.safetensors").path),
+              fm.fileExists(atPath: llm.path) else { return }
+        let dir = fm.temporaryDirectory.appendingPathComponent("sura-adapters-\(UUID().uuidString)")
+        try? fm.createDirectory(at: dir, withIntermediateDirectories: true)
+        work = dir
+        guard let sura = try? TrainProcessTests.executable("sura"), let train = try? TrainProcessTests.executable("train") else { return }
+        _ = try? launch(sura, ["data", "scenes", "--out", dir.appendingPathComponent("data").path, "--count", "16", "--canvas", "16",
+                               "--max-items", "1", "--seed", "3", "--heldout-fraction", "0.25"])
+        let unet = """
+        {"_class_name": "UNet2DConditionModel", "sample_size": 16, "in_channels": 3, "out_channels": 3,
+         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "mid_block_type": "UNetMidBlock2DCrossAttn",
+         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "block_out_channels": [8, 16], "layers_per_block": 1,
+         "norm_num_groups": 4, "cross_attention_dim": 384, "attention_head_dim": 2}
+        """
+        try? unet.write(to: dir.appendingPathComponent("unet.json"), atomically: true, encoding: .utf8)
+        let base = """
+        task: base
+        output_dir: \(dir.appendingPathComponent("base-run").path)
+        data: {path: \(dir.appendingPathComponent("data").path)}
+        optim: {learning_rate: 1.0e-3, steps: 2, batch_size: 4}
+        checkpoint: {every: 2}
+        base: {unet: \(dir.appendingPathComponent("unet.json").path), text_encoder: \(TrainProcessTests.textEncoder.path), max_length: 12, export: \(dir.appendingPathComponent("base").path)}
+        """
+        try? base.write(to: dir.appendingPathComponent("base.yaml"), atomically: true, encoding: .utf8)
+        _ = try? launch(train, ["--config", dir.appendingPathComponent("base.yaml").path])
+    }
+
+    override class func tearDown() {
+        if let work { try? FileManager.default.removeItem(at: work) }
+        super.tearDown()
+    }
+
+    override func setUpWithError() throws {
+        guard FileManager.default.fileExists(atPath: Self.llm.path) else {
+            XCTFail("SmolLM2 is missing from \(Self.llm.path): run scripts/setup")
+            throw XCTSkip("no LLM")
+        }
+        guard let work = Self.work, FileManager.default.fileExists(atPath: work.appendingPathComponent("base/sura.json").path) else {
+            XCTFail("the tiny base model was not trained in setUp (see the output above)")
+            throw XCTSkip("no base model")
+        }
+    }
+
+    static func launch(_ executable: String, _ arguments: [String], timeout: Double = 240) throws -> (status: Int32, output: String) {
+        let child = try TrainProcessTests.Child(executable, arguments)
+        if !child.wait(upTo: timeout) {
+            child.stop()
+            XCTFail("\(executable) \(arguments.joined(separator: " ")) did not finish in \(timeout) s:\n\(child.output)")
+        }
+        child.process.waitUntilExit()
+        return (child.process.terminationStatus, child.output)
+    }
+
+    func run(_ name: String, _ arguments: [String], timeout: Double = 240) throws -> (status: Int32, output: String) {
+        try Self.launch(try TrainProcessTests.executable(name), arguments, timeout: timeout)
+    }
+
+    func path(_ name: String) -> String { Self.work.appendingPathComponent(name).path }
+
+    func writeConfig(_ type: String, output: String, steps: Int = 2, dp: Int = 1, adapterConfig: String? = nil,
+                     extra: String = "") throws -> String {
+        let text = """
+        task: \(type)
+        output_dir: \(path(output))
+        data: {path: \(path("data")), split: train}
+        optim: {learning_rate: 1.0e-3, warmup_steps: 1, steps: \(steps), batch_size: 4}
+        checkpoint: {every: 1}
+        topology: {dp: \(dp), pp: 1}
+        adapter:
+          base_model: \(path("base"))
+          llm: \(Self.llm.path)
+          llm_layer: -1
+          llm_max_length: 16
+          config: \(adapterConfig ?? Self.adapterConfigs[type]!)
+          export: \(path(output + ".safetensors"))
+        \(extra)
+        """
+        let url = Self.work.appendingPathComponent("\(output).yaml")
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
+
+    func losses(_ output: String) throws -> [Int: Double] {
+        let text = try String(contentsOfFile: path(output) + "/metrics.jsonl", encoding: .utf8)
+        var result: [Int: Double] = [:]
+        for line in text.split(separator: "\n") {
+            let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            result[try XCTUnwrap(object["step"] as? Int)] = try XCTUnwrap(object["loss"] as? Double)
+        }
+        return result
+    }
+
+    // MARK: Behaviour
+
+    /// Every adapter trains, logs its loss terms, exports, and generates through `sura generate
+    /// --adapter`; `sura eval semantic` then scores the base model and all four adapters.
+    func testEveryAdapterTrainsExportsGeneratesAndIsEvaluated() throws {
+        var exported: [String] = []
+        for type in ["sur_adapter", "cross_adapter", "voken_mapper", "ella"] {
+            let trained = try run("train", ["--config", try writeConfig(type, output: type)])
+            XCTAssertEqual(trained.status, 0, "\(type):\n\(trained.output)")
+            XCTAssertTrue(trained.output.contains("exported"), trained.output)
+            let metrics = try String(contentsOfFile: path(type) + "/metrics.jsonl", encoding: .utf8)
+            XCTAssertTrue(metrics.contains("loss_diffusion"), metrics)
+            if type == "sur_adapter" { XCTAssertTrue(metrics.contains("loss_kl_llm") && metrics.contains("loss_kl_complex"), metrics) }
+            if type == "voken_mapper" { XCTAssertTrue(metrics.contains("loss_caption"), metrics) }
+            XCTAssertTrue(FileManager.default.fileExists(atPath: path(type) + "/loss.png"))
+            let checkpoint = try SafeTensorsFile(contentsOf: URL(fileURLWithPath: path(type + ".safetensors")))
+            XCTAssertEqual(checkpoint.metadata["type"], type)
+            exported.append(path(type + ".safetensors"))
+
+            let generated = try run("sura", ["generate", "--model", path("base"), "--adapter", path(type + ".safetensors"),
+                                             "--prompt", "a red dress", "--prompt", "two bags", "--steps", "2", "--output", path("gen-\(type)")])
+            XCTAssertEqual(generated.status, 0, "\(type):\n\(generated.output)")
+            let image = try PNGImage(contentsOf: URL(fileURLWithPath: path("gen-\(type)/image-0.png")))
+            XCTAssertEqual(image.width, 16)
+        }
+        var arguments = ["eval", "semantic", "--model", path("base"), "--data", path("data"), "--count", "3", "--steps", "2",
+                         "--checker", Self.repository.appendingPathComponent("models/checker/fashion_classifier.safetensors").path,
+                         "--output", path("eval")]
+        for file in exported { arguments += ["--adapter", file] }
+        let evaluated = try run("sura", arguments, timeout: 300)
+        XCTAssertEqual(evaluated.status, 0, evaluated.output)
+        for row in ["base, simple prompt", "base, complex prompt (ceiling)", "sur_adapter", "cross_adapter", "voken_mapper", "ella"] {
+            XCTAssertTrue(evaluated.output.contains(row), "\(row) missing:\n\(evaluated.output)")
+        }
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("eval/eval.json")))) as? [String: Any])
+        let results = try XCTUnwrap(json["results"] as? [[String: Any]])
+        XCTAssertEqual(results.count, 6)
+        for result in results { XCTAssertNotNil(result["count"] as? Double, "\(result)") }
+        let grid = try PNGImage(contentsOf: URL(fileURLWithPath: path("eval/eval.png")))
+        XCTAssertGreaterThan(grid.height, 6 * 16)
+    }
+
+    /// An interrupted adapter run resumed from its checkpoint continues the same loss curve.
+    func testAdapterResumeContinuesTheSameLossCurve() throws {
+        let whole = try writeConfig("cross_adapter", output: "whole", steps: 4)
+        XCTAssertEqual(try run("train", ["--config", whole]).status, 0)
+        let parted = try writeConfig("cross_adapter", output: "parted", steps: 4)
+        let first = try run("train", ["--config", parted, "--max-steps", "2"])
+        XCTAssertEqual(first.status, 0, first.output)
+        let second = try run("train", ["--config", parted, "--resume"])
+        XCTAssertEqual(second.status, 0, second.output)
+        XCTAssertEqual(try losses("whole"), try losses("parted"))
+    }
+
+    /// Two data-parallel ranks under mpirun compute the same global batch as one process: the
+    /// losses agree to float rounding (the allreduce sums the two halves in another order).
+    func testAdapterDataParallelMatchesOneProcess() throws {
+        let one = try writeConfig("ella", output: "one", steps: 3)
+        XCTAssertEqual(try run("train", ["--config", one]).status, 0)
+        let two = try writeConfig("ella", output: "two", steps: 3, dp: 2)
+        let mpi = try Self.launch(try TrainProcessTests.mpirun(),
+                                  TrainProcessTests.mpiFlags + ["-np", "2", try TrainProcessTests.executable("train"), "--config", two])
+        XCTAssertEqual(mpi.status, 0, mpi.output)
+        let a = try losses("one"), b = try losses("two")
+        XCTAssertEqual(a.keys.sorted(), b.keys.sorted())
+        for (step, loss) in a { XCTAssertEqual(loss, b[step]!, accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("two") + "/logs/rank-1.log"), "rank 1 keeps its own log")
+    }
+
+    /// Unknown adapter types, layers beyond the LLM, a width that is not the UNet's
+    /// cross_attention_dim and unknown adapter keys each stop the job naming the key.
+    func testBadAdapterConfigsNameTheKey() throws {
+        let cases: [(String, String, String)] = [
+            ("task", try writeConfig("cross_adapter", output: "bad-type").replacingTask("cross_adapter", with: "crosss_adapter"), "crosss_adapter"),
+            ("adapter.llm_layer", try writeConfig("ella", output: "bad-layer", extra: "").replacingLine("llm_layer: -1", with: "llm_layer: 99"), "99"),
+            ("adapter.config.output_dim", try writeConfig("cross_adapter", output: "bad-width", adapterConfig: "{heads: 4, output_dim: 256}"), "384"),
+            ("adapter.config.hedas", try writeConfig("cross_adapter", output: "bad-key", adapterConfig: "{hedas: 4}"), "hedas"),
+            ("adapter.config.input_dim", try writeConfig("ella", output: "bad-llm-width", adapterConfig: "{layers: 1, width: 64, input_dim: 512}"), "576"),
+        ]
+        for (key, config, detail) in cases {
+            let result = try run("train", ["--config", config])
+            XCTAssertNotEqual(result.status, 0, "\(key): \(result.output)")
+            XCTAssertTrue(result.output.contains(key) && result.output.contains(detail), "expected '\(key)' and '\(detail)' in:\n\(result.output)")
+            XCTAssertFalse(result.output.contains("Fatal error"), result.output)
+        }
+    }
+}
+
+private extension String {
+    /// Rewrites the file at this path, replacing the task line.
+    func replacingTask(_ old: String, with new: String) throws -> String {
+        try replacingLine("task: \(old)", with: "task: \(new)")
+    }
+
+    func replacingLine(_ old: String, with new: String) throws -> String {
+        let text = try String(contentsOfFile: self, encoding: .utf8)
+        try text.replacingOccurrences(of: old, with: new).write(toFile: self, atomically: true, encoding: .utf8)
+        return self
+    }
+}
