@@ -1,6 +1,7 @@
 import ArgumentParser
 import Coordinator
 import Foundation
+import Models
 import Worker
 
 /// A log line on standard error: `[serve +1.234s] message`.
@@ -36,7 +37,63 @@ func connectable(_ endpoint: String) -> String {
 
 /// The executors `sura worker --executor` knows.
 enum WorkerExecutorKind: String, ExpressibleByArgument, CaseIterable {
+    /// Deterministic placeholder PNGs without a model (testing and benchmarking the serving path).
     case null
+    /// The text-to-image pipeline of a model folder (`--model DIR`).
+    case pipeline
+}
+
+/// Checks the executor options shared by `sura serve` (for its local workers) and `sura worker`:
+/// the pipeline executor needs `--model`, and the null executor takes none.
+func validateExecutorOptions(_ executor: WorkerExecutorKind, model: String?, sampler: String?, batching: String?,
+                             adapter: String? = nil) throws {
+    switch executor {
+    case .pipeline:
+        guard let model, !model.isEmpty else {
+            throw ValidationError("--executor pipeline needs --model DIR (a model folder with unet/, scheduler/ and a text encoder)")
+        }
+        _ = try parsePipelineBatching(batching)
+    case .null:
+        if model != nil || sampler != nil || batching != nil || adapter != nil {
+            throw ValidationError("--model, --sampler, --pipeline-batching and --adapter apply to --executor pipeline only")
+        }
+    }
+}
+
+/// The `--pipeline-batching` choice; nil means `exact`.
+func parsePipelineBatching(_ text: String?) throws -> PipelineBatchExecutor.Batching {
+    guard let text else { return .exact }
+    guard let batching = PipelineBatchExecutor.Batching(rawValue: text) else {
+        let allowed = PipelineBatchExecutor.Batching.allCases.map(\.rawValue).joined(separator: ", ")
+        throw ValidationError("--pipeline-batching must be one of \(allowed), got '\(text)'")
+    }
+    return batching
+}
+
+/// Loads the pipeline executor of `--model`, as a user-facing failure naming the folder.
+func loadPipelineExecutor(model: String, sampler: String?, batching: String?, adapter: String? = nil, llm: String? = nil,
+                          log: (String) -> Void) throws -> PipelineBatchExecutor {
+    let started = Date()
+    let mode = try parsePipelineBatching(batching)
+    var conditioning: AdapterConditioning? = nil
+    if let adapter {
+        do {
+            let folder = try PipelineFolder.load(URL(fileURLWithPath: model))
+            conditioning = try AdapterConditioning.load(checkpoint: URL(fileURLWithPath: adapter), folder: folder, llm: llm)
+        } catch {
+            throw CommandFailure("--adapter \(adapter): \(error)")
+        }
+    }
+    do {
+        let executor = try PipelineBatchExecutor(modelFolder: URL(fileURLWithPath: model), sampler: sampler, conditioning: conditioning,
+                                                 batching: mode)
+        log(String(format: "loaded model %@%@ (%dx%d, %@, %@ batching) in %.1f s", model,
+                   conditioning.map { " with the \($0.type.rawValue) adapter \(adapter ?? "")" } ?? "", executor.width, executor.height,
+                   type(of: executor.pipeline.scheduler).className, mode.rawValue, Date().timeIntervalSince(started)))
+        return executor
+    } catch {
+        throw CommandFailure("--model: \(error)")
+    }
 }
 
 /// `sura serve`: the ZeroMQ scheduler, the HTTP gateway, and optionally local autoscaled workers.
@@ -101,8 +158,20 @@ struct ServeCommand: ParsableCommand {
     var scaleDownWindow = 30.0
     @Option(help: "Seconds between autoscaler decisions.")
     var autoscaleInterval = 1.0
-    @Option(help: "Executor of local workers.")
+    @Option(help: "Executor of local workers: null (placeholder images) or pipeline (needs --model).")
     var executor: WorkerExecutorKind = .null
+    @Option(help: "Pipeline executor: the model folder local workers load (unet/, scheduler/, a text encoder).")
+    var model: String?
+    @Option(help: "Pipeline executor: sampler of local workers (ddim, ddpm, euler, dpm++2m; default: the folder's).")
+    var sampler: String?
+    @Option(help: "Pipeline executor: exact (one pipeline call per request: the same PNG whatever the batch) or grouped (one call per group of equal settings).")
+    var pipelineBatching: String?
+    @Option(help: "Pipeline executor: an adapter checkpoint (train's export); prompts go through the LLM and the adapter.")
+    var adapter: String?
+    @Option(help: "Pipeline executor: the LLM for --adapter (default: the path the checkpoint names).")
+    var llm: String?
+    @Option(help: "Compute threads of each local worker (default: SURA_THREADS or all cores).")
+    var workerThreads: Int?
     @Option(help: "Null executor: milliseconds per batch (local workers).")
     var nullDelayMs = 0.0
 
@@ -117,6 +186,8 @@ struct ServeCommand: ParsableCommand {
         guard (0.05...1).contains(targetUtilisation) else { throw ValidationError("--target-utilisation must be 0.05…1") }
         guard (0...65535).contains(httpPort) else { throw ValidationError("--http-port must be 0…65535") }
         guard defaultTimeoutMs >= 1 else { throw ValidationError("--default-timeout-ms must be at least 1") }
+        if let workerThreads, workerThreads < 1 { throw ValidationError("--worker-threads must be at least 1, got \(workerThreads)") }
+        try validateExecutorOptions(executor, model: model, sampler: sampler, batching: pipelineBatching, adapter: adapter)
         _ = try parsedDefaultSize()
     }
 
@@ -131,6 +202,15 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
         let log = serveLogger("serve")
+        let local = autoscale || workers > 0
+        var localModel: String?
+        if local && executor == .pipeline {
+            // Loaded once here, before anything listens, so a bad folder stops `sura serve` with
+            // its path instead of local workers failing at start and being relaunched over and over.
+            let path = URL(fileURLWithPath: model ?? "").standardizedFileURL.path
+            _ = try loadPipelineExecutor(model: path, sampler: sampler, batching: pipelineBatching, adapter: adapter, llm: llm, log: log)
+            localModel = path
+        }
         var configuration = SchedulerConfiguration()
         configuration.batching = BatchingPolicy(maxBatchSize: maxBatch, maxQueueDelay: maxQueueDelayMs / 1000)
         configuration.queueCapacity = queueCapacity
@@ -174,15 +254,25 @@ struct ServeCommand: ParsableCommand {
             client = schedulerClient
         }
 
-        let local = autoscale || workers > 0
         var pool: LocalWorkerPool?
         if local {
             let executable = Bundle.main.executableURL ?? URL(fileURLWithPath: CommandLine.arguments[0])
-            pool = LocalWorkerPool(executable: executable, arguments: [
+            var arguments = [
                 "worker", "--scheduler", connectable(scheduler.backendEndpoint), "--executor", executor.rawValue,
                 "--max-batch", String(maxBatch), "--heartbeat-ms", String(heartbeatMs), "--liveness", String(liveness),
-                "--null-delay-ms", String(nullDelayMs), "--parent-pid", String(getpid()),
-            ], log: log)
+                "--parent-pid", String(getpid()),
+            ]
+            switch executor {
+            case .null:
+                arguments += ["--null-delay-ms", String(nullDelayMs)]
+            case .pipeline:
+                arguments += ["--model", localModel ?? ""] + (sampler.map { ["--sampler", $0] } ?? [])
+                    + (pipelineBatching.map { ["--pipeline-batching", $0] } ?? [])
+                    + (adapter.map { ["--adapter", URL(fileURLWithPath: $0).standardizedFileURL.path] } ?? [])
+                    + (llm.map { ["--llm", URL(fileURLWithPath: $0).standardizedFileURL.path] } ?? [])
+            }
+            if let workerThreads { arguments += ["--threads", String(workerThreads)] }
+            pool = LocalWorkerPool(executable: executable, arguments: arguments, log: log)
         }
         let policy = AutoscalerPolicy(minWorkers: autoscale ? minWorkers : (workers > 0 ? workers : minWorkers),
                                       maxWorkers: autoscale ? maxWorkers : (workers > 0 ? workers : maxWorkers),
@@ -238,8 +328,18 @@ struct WorkerCommand: ParsableCommand {
 
     @Option(help: "The scheduler's back-end endpoint.")
     var scheduler = "tcp://127.0.0.1:5556"
-    @Option(help: "What runs the batches (the diffusion pipeline executor is added later).")
+    @Option(help: "What runs the batches: null (placeholder images) or pipeline (the model folder of --model).")
     var executor: WorkerExecutorKind = .null
+    @Option(help: "Pipeline executor: the model folder (unet/, scheduler/, optional vae/, a text encoder or sura.json naming one).")
+    var model: String?
+    @Option(help: "Pipeline executor: sampler (ddim, ddpm, euler, dpm++2m, a class name or a scheduler_config.json; default: the folder's).")
+    var sampler: String?
+    @Option(help: "Pipeline executor: exact (one pipeline call per request: the same PNG whatever the batch) or grouped (one call per group of equal settings).")
+    var pipelineBatching: String?
+    @Option(help: "Pipeline executor: an adapter checkpoint (train's export); prompts go through the LLM and the adapter.")
+    var adapter: String?
+    @Option(help: "Pipeline executor: the LLM for --adapter (default: the path the checkpoint names).")
+    var llm: String?
     @Option(help: "Name in logs and status (default worker-<pid>).")
     var name: String?
     @Option(help: "Most requests per batch this worker takes.")
@@ -258,23 +358,30 @@ struct WorkerCommand: ParsableCommand {
     var nullFailingPrompt: String?
     @Option(help: .hidden)
     var parentPid: Int32?
+    @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
         guard maxBatch >= 1 else { throw ValidationError("--max-batch must be at least 1") }
         guard heartbeatMs >= 10 else { throw ValidationError("--heartbeat-ms must be at least 10") }
         guard liveness >= 1 else { throw ValidationError("--liveness must be at least 1") }
         guard nullDelayMs >= 0, nullPerImageDelayMs >= 0 else { throw ValidationError("null executor delays must be ≥ 0") }
+        try validateExecutorOptions(executor, model: model, sampler: sampler, batching: pipelineBatching, adapter: adapter)
     }
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
         let workerName = name ?? "worker-\(getpid())"
         let log = serveLogger(workerName)
+        try compute.apply()
         let batchExecutor: InferenceBatchExecutor
         switch executor {
         case .null:
             batchExecutor = NullImageExecutor(batchDelay: nullDelayMs / 1000, perImageDelay: nullPerImageDelayMs / 1000,
                                               failingPrompt: nullFailingPrompt)
+        case .pipeline:
+            // Loaded before connecting, so READY means the model is in memory.
+            batchExecutor = try loadPipelineExecutor(model: model ?? "", sampler: sampler, batching: pipelineBatching,
+                                                     adapter: adapter, llm: llm, log: log)
         }
         var configuration = InferenceWorkerConfiguration(scheduler: scheduler, name: workerName)
         configuration.maxBatch = maxBatch

@@ -158,6 +158,31 @@ final class AdapterTrainProcessTests: XCTestCase {
         XCTAssertGreaterThan(grid.height, 6 * 16)
     }
 
+    /// The inference cluster serves an adapter: `sura serve` starts a local pipeline worker with
+    /// the base model and an ELLA checkpoint (timestep-aware, so the worker re-runs the connector
+    /// at every step), and the HTTP API returns its PNG.
+    func testServeRunsAWorkerWithAnAdapter() throws {
+        let trained = try run("train", ["--config", try writeConfig("ella", output: "served", steps: 1)])
+        XCTAssertEqual(trained.status, 0, trained.output)
+        let serve = try ServeProcess(["--workers", "1", "--executor", "pipeline", "--model", path("base"),
+                                      "--adapter", path("served.safetensors"), "--worker-threads", "1"], http: true)
+        defer { serve.serve.stop() }
+        XCTAssertNotNil(serve.serve.line(containing: "with the ella adapter", timeout: 60), serve.serve.transcript)
+        let response = try RawHTTP.generate(port: try XCTUnwrap(serve.httpPort),
+                                            ["prompt": "a couple of red bags", "size": "16x16", "steps": 2, "seed": 1,
+                                             "response_format": "b64_json"], timeout: 120)
+        XCTAssertEqual(response.status, 200, response.text + serve.serve.transcript)
+        let data = try XCTUnwrap(response.json?["data"] as? [[String: Any]], response.text)
+        let png = try PNGImage(pngData: try XCTUnwrap(Data(base64Encoded: try XCTUnwrap(data.first?["b64_json"] as? String))))
+        XCTAssertEqual([png.width, png.height], [16, 16])
+
+        let bad = try SuraProcess(["worker", "--executor", "pipeline", "--model", path("base"), "--adapter", path("nothing.safetensors")],
+                                  name: "bad-adapter")
+        defer { bad.stop() }
+        XCTAssertNotEqual(bad.waitForExit(timeout: 60), 0)
+        XCTAssertNotNil(bad.line(containing: "nothing.safetensors", timeout: 1), bad.transcript)
+    }
+
     /// An interrupted adapter run resumed from its checkpoint continues the same loss curve.
     func testAdapterResumeContinuesTheSameLossCurve() throws {
         let whole = try writeConfig("cross_adapter", output: "whole", steps: 4)
