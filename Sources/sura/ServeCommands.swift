@@ -120,6 +120,10 @@ struct ServeCommand: ParsableCommand {
     var noHttp = false
     @Option(help: "Bearer token required by POST /v1/images/generations (default: SURA_API_TOKEN, else none).")
     var apiToken: String?
+    @Option(help: "CurveZMQ: this server's key file (sura keys generate); encrypts --frontend and --backend. Clients and workers then need its .pub.")
+    var curveKey: String?
+    @Option(help: "CurveZMQ: client public keys allowed to connect, one per line (default: any client that knows the server's public key).")
+    var curveAuthorizedKeys: String?
 
     @Option(help: "Most requests per batch.")
     var maxBatch = 8
@@ -187,6 +191,7 @@ struct ServeCommand: ParsableCommand {
         guard (0...65535).contains(httpPort) else { throw ValidationError("--http-port must be 0…65535") }
         guard defaultTimeoutMs >= 1 else { throw ValidationError("--default-timeout-ms must be at least 1") }
         if let workerThreads, workerThreads < 1 { throw ValidationError("--worker-threads must be at least 1, got \(workerThreads)") }
+        if curveAuthorizedKeys != nil && curveKey == nil { throw ValidationError("--curve-authorized-keys needs --curve-key (the server's key file)") }
         try validateExecutorOptions(executor, model: model, sampler: sampler, batching: pipelineBatching, adapter: adapter)
         _ = try parsedDefaultSize()
     }
@@ -203,6 +208,7 @@ struct ServeCommand: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         let log = serveLogger("serve")
         let local = autoscale || workers > 0
+        let curve = try curveKey.map { try serverCurveSecurity(keyFile: $0, authorizedKeys: curveAuthorizedKeys, log: log) }
         var localModel: String?
         if local && executor == .pipeline {
             // Loaded once here, before anything listens, so a bad folder stops `sura serve` with
@@ -225,7 +231,8 @@ struct ServeCommand: ParsableCommand {
         let metrics = MetricsRegistry()
         let scheduler: InferenceScheduler
         do {
-            scheduler = try InferenceScheduler(configuration: configuration, frontend: frontend, backend: backend, metrics: metrics, log: log)
+            scheduler = try InferenceScheduler(configuration: configuration, frontend: frontend, backend: backend, metrics: metrics,
+                                               curve: curve, log: log)
         } catch {
             throw CommandFailure("cannot start the scheduler: \(error)")
         }
@@ -233,7 +240,9 @@ struct ServeCommand: ParsableCommand {
         var server: HTTPServer?
         var client: SchedulerClient?
         if !noHttp {
-            let schedulerClient = try SchedulerClient(endpoint: connectable(scheduler.frontendEndpoint), maxRequestBytes: maxRequestBytes)
+            // The gateway connects with the server's own key pair, which the ZAP handler always accepts.
+            let schedulerClient = try SchedulerClient(endpoint: connectable(scheduler.frontendEndpoint), maxRequestBytes: maxRequestBytes,
+                                                      curve: curve.map { CurveClientSecurity(serverKey: $0.keyPair.publicKey, keyPair: $0.keyPair) })
             var gatewayConfiguration = ImageGatewayConfiguration()
             gatewayConfiguration.apiToken = apiToken ?? ProcessInfo.processInfo.environment["SURA_API_TOKEN"]
             gatewayConfiguration.maxPromptCharacters = maxPromptCharacters
@@ -272,6 +281,11 @@ struct ServeCommand: ParsableCommand {
                     + (llm.map { ["--llm", URL(fileURLWithPath: $0).standardizedFileURL.path] } ?? [])
             }
             if let workerThreads { arguments += ["--threads", String(workerThreads)] }
+            if let curveKey {
+                // Local workers reuse the server's key file (always accepted); the secret stays in the file, not in `ps`.
+                let path = URL(fileURLWithPath: curveKey).standardizedFileURL.path
+                arguments += ["--curve-server-key", path, "--curve-key", path]
+            }
             pool = LocalWorkerPool(executable: executable, arguments: arguments, log: log)
         }
         let policy = AutoscalerPolicy(minWorkers: autoscale ? minWorkers : (workers > 0 ? workers : minWorkers),
@@ -287,7 +301,8 @@ struct ServeCommand: ParsableCommand {
             scheduler.requestStop(drain: count == 1)
         }
         let http = server.map { "http://\(httpHost.contains(":") ? "[\(httpHost)]" : httpHost):\($0.port)/" } ?? "off"
-        print("sura serve: frontend=\(scheduler.frontendEndpoint) backend=\(scheduler.backendEndpoint) http=\(http)")
+        print("sura serve: frontend=\(scheduler.frontendEndpoint) backend=\(scheduler.backendEndpoint) http=\(http)"
+            + (scheduler.curvePublicKey.map { " curve=\($0)" } ?? ""))
         fflush(stdout)
         log("serving: max batch \(maxBatch), max queue delay \(maxQueueDelayMs) ms, queue capacity \(queueCapacity)"
             + (local ? ", local workers \(policy.minWorkers)…\(policy.maxWorkers)" : ""))
@@ -356,6 +371,10 @@ struct WorkerCommand: ParsableCommand {
     var nullPerImageDelayMs = 0.0
     @Option(help: "Null executor: a prompt that makes its batch fail (for testing error paths).")
     var nullFailingPrompt: String?
+    @Option(help: "CurveZMQ: the scheduler's public key file (its .pub). Needs --curve-key.")
+    var curveServerKey: String?
+    @Option(help: "CurveZMQ: this worker's key file (sura keys generate); the scheduler's --curve-authorized-keys must list its .pub.")
+    var curveKey: String?
     @Option(help: .hidden)
     var parentPid: Int32?
     @OptionGroup var compute: ComputeOptions
@@ -365,6 +384,9 @@ struct WorkerCommand: ParsableCommand {
         guard heartbeatMs >= 10 else { throw ValidationError("--heartbeat-ms must be at least 10") }
         guard liveness >= 1 else { throw ValidationError("--liveness must be at least 1") }
         guard nullDelayMs >= 0, nullPerImageDelayMs >= 0 else { throw ValidationError("null executor delays must be ≥ 0") }
+        guard (curveServerKey == nil) == (curveKey == nil) else {
+            throw ValidationError("--curve-server-key and --curve-key go together: the scheduler's public key and this worker's key pair")
+        }
         try validateExecutorOptions(executor, model: model, sampler: sampler, batching: pipelineBatching, adapter: adapter)
     }
 
@@ -373,6 +395,8 @@ struct WorkerCommand: ParsableCommand {
         let workerName = name ?? "worker-\(getpid())"
         let log = serveLogger(workerName)
         try compute.apply()
+        // Read before the model loads, so a bad key file fails at once.
+        let curve = try curveServerKey.map { try clientCurveSecurity(serverKeyFile: $0, keyFile: curveKey ?? "", log: log) }
         let batchExecutor: InferenceBatchExecutor
         switch executor {
         case .null:
@@ -390,6 +414,7 @@ struct WorkerCommand: ParsableCommand {
         configuration.liveness = liveness
         configuration.reconnectMaxDelay = reconnectMaxDelay
         configuration.parentPID = parentPid
+        configuration.curve = curve
         let client = try InferenceWorkerClient(configuration: configuration, executor: batchExecutor, log: log)
         let watcher = SignalWatcher([SIGTERM, SIGINT]) { number in
             log("signal \(number): finishing the current batch, then leaving")
@@ -408,7 +433,7 @@ struct WorkerCommand: ParsableCommand {
 struct ServeBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
-        abstract: "Scheduler throughput, p50/p99 latency and overhead, mean batch size, with null workers (vs a bare ZeroMQ echo).")
+        abstract: "Scheduler throughput, p50/p99 latency and overhead, mean batch size, with null workers or the real pipeline (--model), vs a bare ZeroMQ echo.")
 
     @Option(help: "In-process workers.")
     var workers = 2
@@ -424,6 +449,14 @@ struct ServeBench: ParsableCommand {
     var outstanding: Int?
     @Option(help: "Null executor milliseconds per batch in the saturating phase.")
     var saturationDelayMs = 2.0
+    @Option(help: "Run the real pipeline of this model folder in the workers instead of the null executor (use a low --rate).")
+    var model: String?
+    @Option(help: "With --model: an adapter checkpoint the workers apply.")
+    var adapter: String?
+    @Option(help: "With --model: denoising steps per request.")
+    var steps: Int = 25
+    @Option(help: "With --model: exact or grouped pipeline batching.")
+    var pipelineBatching: String = "grouped"
 
     func run() throws {
         guard workers >= 1, maxBatch >= 1, rate > 0, seconds > 0 else {
@@ -437,7 +470,19 @@ struct ServeBench: ParsableCommand {
         options.seconds = seconds
         options.outstanding = outstanding
         options.saturationBatchDelay = saturationDelayMs / 1000
-        let report = try ServeBenchmark.run(options) { line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        var makeExecutor: (() throws -> any InferenceBatchExecutor)? = nil
+        if let model {
+            let quiet: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+            let probe = try loadPipelineExecutor(model: model, sampler: nil, batching: pipelineBatching, adapter: adapter, log: quiet)
+            options.imageSide = probe.width
+            options.steps = steps
+            options.executorName = "pipeline \(model)" + (adapter.map { " + adapter \($0)" } ?? "") + ", \(steps) steps, \(pipelineBatching) batching"
+            // Each worker gets its own pipeline, as separate worker processes would.
+            makeExecutor = { try loadPipelineExecutor(model: model, sampler: nil, batching: pipelineBatching, adapter: adapter, log: { _ in }) }
+        } else if adapter != nil {
+            throw ValidationError("--adapter needs --model")
+        }
+        let report = try ServeBenchmark.run(options, makeExecutor: makeExecutor) { line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
         print(ServeBenchmark.format(report))
     }
 }

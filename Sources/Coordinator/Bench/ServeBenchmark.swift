@@ -18,6 +18,10 @@ public struct ServeBenchmarkOptions: Sendable, Equatable {
     public var saturationBatchDelay: TimeInterval = 0.002
     /// Image side in pixels.
     public var imageSide = 32
+    /// Denoising steps each request asks for (nil: the scheduler's default); matters for a real executor.
+    public var steps: Int?
+    /// What the workers run, for the report ("null executor", "pipeline models/base").
+    public var executorName = "null executor"
 
     public init() {}
 }
@@ -56,19 +60,22 @@ public struct ServeBenchmarkReport: Sendable {
 /// request crosses two such round trips (client ↔ scheduler, scheduler ↔ worker).
 public enum ServeBenchmark {
     /// Runs the echo peer and both phases; `progress` receives one line per phase as it starts.
-    public static func run(_ options: ServeBenchmarkOptions, progress: (String) -> Void) throws -> ServeBenchmarkReport {
+    ///   - makeExecutor: builds one worker's executor (the real pipeline); nil: null executors
+    ///     that sleep `saturationBatchDelay` per batch in the saturating phase.
+    public static func run(_ options: ServeBenchmarkOptions, makeExecutor: (() throws -> any InferenceBatchExecutor)? = nil,
+                           progress: (String) -> Void) throws -> ServeBenchmarkReport {
         let context = try ZMQContext()
         progress("echo peer: \(Int(options.rate)) round trips/s for \(options.seconds) s")
         let echo = try measureEcho(context: context, rate: options.rate, seconds: options.seconds)
 
-        progress("open loop: \(Int(options.rate)) requests/s for \(options.seconds) s, \(options.workers) null workers")
-        let open = try withCluster(options, batchDelay: 0) { frontend, metrics in
+        progress("open loop: \(options.rate) requests/s for \(options.seconds) s, \(options.workers) workers (\(options.executorName))")
+        let open = try withCluster(options, batchDelay: 0, makeExecutor: makeExecutor) { frontend, metrics in
             try drive(frontend: frontend, context: context, options: options, name: "open loop", rate: options.rate,
                       outstanding: nil, metrics: metrics)
         }
         let depth = options.outstanding ?? 8 * options.workers * options.maxBatch
         progress("saturating: \(depth) outstanding for \(options.seconds) s, executor delay \(options.saturationBatchDelay * 1000) ms/batch")
-        let saturated = try withCluster(options, batchDelay: options.saturationBatchDelay) { frontend, metrics in
+        let saturated = try withCluster(options, batchDelay: options.saturationBatchDelay, makeExecutor: makeExecutor) { frontend, metrics in
             try drive(frontend: frontend, context: context, options: options, name: "saturating", rate: nil,
                       outstanding: depth, metrics: metrics)
         }
@@ -77,6 +84,7 @@ public enum ServeBenchmark {
 
     /// Starts a scheduler and in-process workers, runs `body` with the front-end endpoint, stops them.
     private static func withCluster(_ options: ServeBenchmarkOptions, batchDelay: TimeInterval,
+                                    makeExecutor: (() throws -> any InferenceBatchExecutor)?,
                                     _ body: (String, SchedulerMetrics) throws -> ServeBenchmarkReport.Phase) throws -> ServeBenchmarkReport.Phase {
         var configuration = SchedulerConfiguration()
         configuration.batching = BatchingPolicy(maxBatchSize: options.maxBatch, maxQueueDelay: options.maxQueueDelay)
@@ -91,7 +99,8 @@ public enum ServeBenchmark {
         for index in 0..<options.workers {
             var workerConfiguration = InferenceWorkerConfiguration(scheduler: scheduler.backendEndpoint, name: "bench-\(index)")
             workerConfiguration.maxBatch = options.maxBatch
-            let worker = try InferenceWorkerClient(configuration: workerConfiguration, executor: NullImageExecutor(batchDelay: batchDelay),
+            let executor = try makeExecutor?() ?? NullImageExecutor(batchDelay: batchDelay)
+            let worker = try InferenceWorkerClient(configuration: workerConfiguration, executor: executor,
                                                    context: ZMQContext(), log: { _ in })
             let thread = Thread { try? worker.run() }
             thread.start()
@@ -104,9 +113,9 @@ public enum ServeBenchmark {
             scheduler.requestStop(drain: false)
             while !schedulerThread.isFinished { usleep(1000) }
         }
-        let ready = Date().addingTimeInterval(10)
+        let ready = Date().addingTimeInterval(60)
         while scheduler.status.workers.count < options.workers {
-            guard Date() < ready else { throw BenchmarkFailure("workers did not register within 10 s") }
+            guard Date() < ready else { throw BenchmarkFailure("workers did not register within 60 s") }
             usleep(2000)
         }
         return try body(scheduler.frontendEndpoint, scheduler.metrics)
@@ -127,7 +136,7 @@ public enum ServeBenchmark {
         func send() throws {
             let id = String(phase.sent)
             let body = SubmitBody(id: id, prompt: "benchmark prompt \(phase.sent % 97)", width: options.imageSide, height: options.imageSide,
-                                  seed: UInt64(phase.sent), timeoutMs: 60_000)
+                                  steps: options.steps, seed: UInt64(phase.sent), timeoutMs: 600_000)
             sentAt[id] = MonotonicClock.now()
             try socket.send([Data()] + WireProtocol.frames(WireProtocol.submit, [WireProtocol.encode(body)]))
             phase.sent += 1
@@ -143,7 +152,7 @@ public enum ServeBenchmark {
                 } else if let outstanding {
                     while sentAt.count < outstanding { try send() }
                 }
-            } else if sentAt.isEmpty || now > end + 30 {
+            } else if sentAt.isEmpty || now > end + max(30, 4 * options.seconds) {
                 break
             }
             let wait = rate != nil && now < end ? max(0, next - MonotonicClock.now()) : 0.05
@@ -228,7 +237,7 @@ public enum ServeBenchmark {
     /// The report as a table.
     public static func format(_ report: ServeBenchmarkReport) -> String {
         let o = report.options
-        var lines = ["serve benchmark: null executor, \(o.workers) in-process workers over loopback TCP, max batch \(o.maxBatch), max queue delay \(o.maxQueueDelay * 1000) ms, \(o.imageSide)×\(o.imageSide) PNG"]
+        var lines = ["serve benchmark: \(o.executorName), \(o.workers) in-process workers over loopback TCP, max batch \(o.maxBatch), max queue delay \(o.maxQueueDelay * 1000) ms, \(o.imageSide)×\(o.imageSide) PNG"]
         let echoP50 = percentile(report.echoRoundTrips, 50), echoP99 = percentile(report.echoRoundTrips, 99)
         lines.append(String(format: "peer: bare ZeroMQ DEALER→ROUTER echo round trip p50 %.3f ms, p99 %.3f ms (%d trips)",
                             echoP50, echoP99, report.echoRoundTrips.count))
