@@ -83,7 +83,7 @@ final class AdapterTrainProcessTests: XCTestCase {
 
     func path(_ name: String) -> String { Self.work.appendingPathComponent(name).path }
 
-    func writeConfig(_ type: String, output: String, steps: Int = 2, dp: Int = 1, adapterConfig: String? = nil,
+    func writeConfig(_ type: String, output: String, steps: Int = 2, dp: Int = 1, pp: Int = 1, adapterConfig: String? = nil,
                      extra: String = "") throws -> String {
         let text = """
         task: \(type)
@@ -91,7 +91,7 @@ final class AdapterTrainProcessTests: XCTestCase {
         data: {path: \(path("data")), split: train}
         optim: {learning_rate: 1.0e-3, warmup_steps: 1, steps: \(steps), batch_size: 4}
         checkpoint: {every: 1}
-        topology: {dp: \(dp), pp: 1}
+        topology: {dp: \(dp), pp: \(pp)}
         adapter:
           base_model: \(path("base"))
           llm: \(Self.llm.path)
@@ -208,6 +208,37 @@ final class AdapterTrainProcessTests: XCTestCase {
         XCTAssertEqual(a.keys.sorted(), b.keys.sorted())
         for (step, loss) in a { XCTAssertEqual(loss, b[step]!, accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }
         XCTAssertTrue(FileManager.default.fileExists(atPath: path("two") + "/logs/rank-1.log"), "rank 1 keeps its own log")
+    }
+
+    /// pp = 2 splits SmolLM2's layers over two ranks: the features are bitwise those of one
+    /// process (the logged checksum of the whole table), and training on both ranks gives the
+    /// one-process losses to float rounding. Too many stages for the layers is an error naming
+    /// `topology.pp` on every rank.
+    func testPipelineParallelLLMGivesBitwiseTheSameFeatures() throws {
+        let one = try writeConfig("cross_adapter", output: "pp1", steps: 2)
+        let single = try run("train", ["--config", one])
+        XCTAssertEqual(single.status, 0, single.output)
+        let two = try writeConfig("cross_adapter", output: "pp2", steps: 2, pp: 2)
+        let piped = try Self.launch(try TrainProcessTests.mpirun(),
+                                    TrainProcessTests.mpiFlags + ["-np", "2", try TrainProcessTests.executable("train"), "--config", two])
+        XCTAssertEqual(piped.status, 0, piped.output)
+        func checksum(_ output: String) -> String? {
+            output.split(separator: "\n").first { $0.contains("LLM features:") }?.split(separator: " ").last.map(String.init)
+        }
+        let a = try XCTUnwrap(checksum(single.output), single.output), b = try XCTUnwrap(checksum(piped.output), piped.output)
+        XCTAssertEqual(a, b, "pp = 2 features differ from pp = 1")
+        XCTAssertTrue(piped.output.contains("LLM pipeline: layers 1…15 | 16…30"), piped.output)
+        let x = try losses("pp1"), y = try losses("pp2")
+        for (step, loss) in x { XCTAssertEqual(loss, try XCTUnwrap(y[step]), accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }
+
+        let shallow = try writeConfig("cross_adapter", output: "pp-shallow", pp: 2)
+        try String(contentsOfFile: shallow, encoding: .utf8).replacingOccurrences(of: "llm_layer: -1", with: "llm_layer: 1")
+            .write(toFile: shallow, atomically: true, encoding: .utf8)
+        let refused = try Self.launch(try TrainProcessTests.mpirun(),
+                                      TrainProcessTests.mpiFlags + ["-np", "2", try TrainProcessTests.executable("train"), "--config", shallow],
+                                      timeout: 120)
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.output.contains("topology.pp"), refused.output)
     }
 
     /// Unknown adapter types, layers beyond the LLM, a width that is not the UNet's

@@ -2,6 +2,7 @@ import Foundation
 import Tensor
 import Models
 import Data
+import Collective
 
 /// Trains one adapter against a frozen base model: the adapter turns a prompt's features (the
 /// text encoder's tokens and/or the LLM's hidden states) into the UNet's conditioning, and the
@@ -39,7 +40,9 @@ public final class AdapterTask: TrainingTask {
     /// - Throws: `TrainingError.config` naming the key at fault: `adapter.base_model`,
     ///   `adapter.llm`, `adapter.llm_layer`, `adapter.config.<key>`, or `adapter.config.output_dim`
     ///   when the adapter's width does not match the UNet's `cross_attention_dim`.
-    public init(config: TrainingConfig, dataset: ImageTextDataset, log: (String) -> Void) throws {
+    /// - Parameter pipeline: the pipeline group when `topology.pp` > 1: the LLM's layers are
+    ///   split over its ranks to compute the features (`PipelinedLLMFeatures`).
+    public init(config: TrainingConfig, dataset: ImageTextDataset, pipeline: Communicator? = nil, log: (String) -> Void) throws {
         guard let section = config.adapter, let type = config.task.adapterType else {
             throw TrainingError.config(file: config.file, key: "adapter", message: "is required")
         }
@@ -112,7 +115,7 @@ public final class AdapterTask: TrainingTask {
         func table(_ label: String, _ prompts: [String], encode: ([String]) throws -> Tensor) throws -> PromptFeatureTable {
             let started = Date()
             var bar: ProgressBar? = nil
-            let result = try PromptFeatureTable(prompts: prompts, batchSize: 32, encode: encode, progress: { done, total in
+            let result = try PromptFeatureTable(prompts: prompts, batchSize: Self.llmChunk, encode: encode, progress: { done, total in
                 if bar == nil { bar = ProgressBar(total: total, label: label, unit: "prompts") }
                 bar?.update(done)
             })
@@ -134,10 +137,19 @@ public final class AdapterTask: TrainingTask {
         } else if let llm {
             vokens = nil
             vokenTable = nil
-            llmTable = try table("LLM layer \(llm.layer)", shown + [""]) { prompts in
-                let (hidden, mask) = try llm.encode(prompts)
-                return Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2)
+            let started = Date()
+            if let pipeline, pipeline.size > 1 {
+                llmTable = try PipelinedLLMFeatures.table(prompts: PromptFeatureTable.distinct(shown + [""]), encoder: llm,
+                                                          communicator: pipeline, chunk: Self.llmChunk, file: config.file, log: log)
+            } else {
+                llmTable = try table("LLM layer \(llm.layer)", shown + [""]) { prompts in
+                    let (hidden, mask) = try llm.encode(prompts)
+                    return Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2)
+                }
             }
+            // The checksum lets runs with other topologies prove they computed the same features.
+            log(String(format: "LLM features: %d prompts, layer %d, %.1f s, checksum %016llx", llmTable!.count, llm.layer,
+                       Date().timeIntervalSince(started), llmTable!.checksum()))
         } else {
             vokens = nil
             vokenTable = nil
@@ -155,6 +167,10 @@ public final class AdapterTask: TrainingTask {
         evaluationRecords = Array(dataset.records.prefix(32))
         scoring = SampleScoring.load()
     }
+
+    /// Prompts per LLM forward pass (the same chunks with and without a pipeline, so the
+    /// features are bitwise equal).
+    static let llmChunk = 32
 
     /// The LLM width an adapter expects, when its config states one.
     static func llmInputWidth(_ adapter: any ConditioningAdapter) -> Int? {

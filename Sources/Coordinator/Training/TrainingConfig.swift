@@ -190,8 +190,11 @@ public struct TrainingConfig: Sendable {
         if topology.pp > 1 && task == .base {
             throw root.error("topology", "pp = \(topology.pp), but task 'base' has no LLM to split; use pp: 1")
         }
-        if topology.pp > 1 {
-            throw root.error("topology", "pp = \(topology.pp): this version computes the frozen LLM's features once, before training, on every rank, so there is nothing to pipeline; use pp: 1 and dp for the ranks")
+        if topology.pp > 1 && task == .vokenMapper {
+            throw root.error("topology", "pp = \(topology.pp): the voken mapper's LLM pass (prompt + vokens) runs on one rank in this version; use pp: 1 and dp for the ranks")
+        }
+        if topology.pp > 1, let adapter, adapter.llm == nil {
+            throw root.error("topology", "pp = \(topology.pp), but there is no adapter.llm to split over pipeline stages; use pp: 1")
         }
     }
 

@@ -59,10 +59,10 @@ public final class TrainingRun {
             throw TrainingError.config(file: config.file, key: "topology",
                                        message: "dp × pp = \(config.topology.dp) × \(config.topology.pp) = \(config.topology.dp * config.topology.pp), but the job has \(world) rank\(world == 1 ? "" : "s"); make dp × pp equal the number of ranks (mpirun -np)")
         }
-        let perMicro = config.optim.batchSize / (config.topology.dp * config.optim.gradientAccumulation)
-        guard perMicro >= 1, perMicro * config.topology.dp * config.optim.gradientAccumulation == config.optim.batchSize else {
+        let perMicro = config.optim.batchSize / (world * config.optim.gradientAccumulation)
+        guard perMicro >= 1, perMicro * world * config.optim.gradientAccumulation == config.optim.batchSize else {
             throw TrainingError.config(file: config.file, key: "optim.batch_size",
-                                       message: "\(config.optim.batchSize) must be a multiple of dp × gradient_accumulation = \(config.topology.dp) × \(config.optim.gradientAccumulation)")
+                                       message: "\(config.optim.batchSize) must be a multiple of dp × pp × gradient_accumulation = \(config.topology.dp) × \(config.topology.pp) × \(config.optim.gradientAccumulation)")
         }
         outputs = try TrainingOutputs(directory: config.outputDir, rank: communicator.rank)
     }
@@ -88,9 +88,12 @@ public final class TrainingRun {
     /// Runs the whole job; returns the last step's mean loss.
     @discardableResult
     public func run() throws -> Double {
-        let rank = communicator.rank, dp = config.topology.dp
+        // The trained module (base UNet or adapter) is replicated on every rank: with pp > 1 the
+        // pipeline stages split the frozen LLM's feature pass, and all dp × pp ranks then train
+        // data-parallel.
+        let rank = communicator.rank, dp = communicator.size
         let log = outputs.log
-        log("train: task \(config.task.rawValue), \(communicator.size) rank(s) (dp \(dp), pp \(config.topology.pp)), config \(config.file)")
+        log("train: task \(config.task.rawValue), \(communicator.size) rank(s) (dp \(config.topology.dp), pp \(config.topology.pp)), config \(config.file)")
         let dataset = try agree("reading the dataset") { () throws -> ImageTextDataset in
             guard FileManager.default.fileExists(atPath: config.data.path) else {
                 throw TrainingError.config(file: config.file, key: "data.path",
@@ -99,10 +102,15 @@ public final class TrainingRun {
             return try ImageTextDataset(contentsOf: URL(fileURLWithPath: config.data.path), split: config.data.split, limit: config.data.limit)
         }
         log("data: \(dataset.count) images of \(dataset.width)×\(dataset.height) from \(config.data.path)")
+        let groups = config.topology.pp > 1
+            ? try TopologyGroups(world: communicator, topology: TrainingTopology(worldSize: communicator.size, dataParallel: config.topology.dp,
+                                                                                pipelineStages: config.topology.pp))
+            : nil
         let task: TrainingTask = try agree("building the model") {
             switch config.task {
             case .base: return try BaseModelTask(config: config, dataset: dataset, log: log)
-            case .surAdapter, .crossAdapter, .vokenMapper, .ella: return try AdapterTask(config: config, dataset: dataset, log: log)
+            case .surAdapter, .crossAdapter, .vokenMapper, .ella:
+                return try AdapterTask(config: config, dataset: dataset, pipeline: groups?.pipeline, log: log)
             }
         }
         let parameters = task.module.namedTrainableParameters().map { (name: $0.0, tensor: $0.1) }

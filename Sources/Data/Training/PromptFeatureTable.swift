@@ -45,7 +45,44 @@ public final class PromptFeatureTable: @unchecked Sendable {
         rows = Dictionary(uniqueKeysWithValues: distinct.enumerated().map { ($1, $0) })
     }
 
+    /// A table of features computed elsewhere (a pipeline of ranks, say): `values` [N, L, D] are
+    /// the features of `prompts`, which must be distinct and in that order.
+    /// - Throws: `PromptFeatureError` when the counts or shapes disagree or a prompt repeats.
+    public init(prompts: [String], values: Tensor) throws {
+        guard values.rank == 3, values.shape[0] == prompts.count, prompts.count > 0 else {
+            throw PromptFeatureError(message: "features of shape \(values.shape) for \(prompts.count) prompts; expected [\(prompts.count), L, D]")
+        }
+        guard Set(prompts).count == prompts.count else { throw PromptFeatureError(message: "the prompts of a feature table must be distinct") }
+        length = values.shape[1]
+        width = values.shape[2]
+        let copy = values.contiguousCopy()
+        self.values = TensorStorage(uninitializedCount: values.count)
+        self.values.pointer.update(from: copy.storage.pointer, count: values.count)
+        self.prompts = prompts
+        rows = Dictionary(uniqueKeysWithValues: prompts.enumerated().map { ($1, $0) })
+    }
+
     public var count: Int { prompts.count }
+
+    /// FNV-1a over the bit patterns of every stored value, in prompt order: equal checksums mean
+    /// bitwise-equal features (to compare runs, e.g. pp = 1 with pp = 2).
+    public func checksum() -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for i in 0..<(prompts.count * length * width) {
+            var bits = values.pointer[i].bitPattern
+            for _ in 0..<4 {
+                hash = (hash ^ UInt64(bits & 0xff)) &* 0x0000_0100_0000_01b3
+                bits >>= 8
+            }
+        }
+        return hash
+    }
+
+    /// The distinct prompts of `prompts` in first-seen order, as the table stores them.
+    public static func distinct(_ prompts: [String]) -> [String] {
+        var seen = Set<String>()
+        return prompts.filter { seen.insert($0).inserted }
+    }
 
     public func contains(_ prompt: String) -> Bool { rows[prompt] != nil }
 

@@ -65,23 +65,64 @@ public final class LLMPromptEncoder {
     /// hidden [B, maxLength, D] (zero at padding) and mask [B, maxLength], without a graph.
     /// - Throws: `LlamaError.invalidInput` for an empty prompt list.
     public func encode(_ prompts: [String]) throws -> (hidden: Tensor, mask: Tensor) {
+        let batch = try tokenize(prompts)
+        let states = try withoutGrad { layers(0..<layer, try embeddings(batch), batch: batch) }
+        return pack(states, batch: batch)
+    }
+
+    /// Prompts tokenized for the decoder: right-padded ids and the attention context every layer
+    /// of the batch uses. Cheap (no model compute), so each pipeline stage makes its own.
+    public struct TokenizedBatch {
+        /// Each prompt's real tokens.
+        public let rows: [[Int]]
+        /// The batch's padded length (its longest prompt).
+        public let longest: Int
+        public let context: LlamaAttentionContext
+        let padded: [[Int]]
+    }
+
+    /// - Throws: `LlamaError.invalidInput` for an empty prompt list.
+    public func tokenize(_ prompts: [String]) throws -> TokenizedBatch {
         guard !prompts.isEmpty else { throw LlamaError.invalidInput(name: "prompts", message: "at least one prompt is needed") }
         let rows = prompts.map(tokens)
         let longest = rows.map(\.count).max()!
         let padded = rows.map { $0 + [Int](repeating: fillerToken, count: longest - $0.count) }
         let rowMask = rows.map { [Int](repeating: 1, count: $0.count) + [Int](repeating: 0, count: longest - $0.count) }
-        // [B, longest, D]
-        let states = try withoutGrad { try llm.hiddenState(inputIds: padded, attentionMask: rowMask, layer: layer) }.contiguousCopy()
-        let d = width
-        let hidden = Tensor(zeros: [prompts.count, maxLength, d])
-        var mask = [Float](repeating: 0, count: prompts.count * maxLength)
-        for (b, row) in rows.enumerated() {
+        let context = try LlamaAttentionContext(batch: rows.count, length: longest, attentionMask: rowMask)
+        return TokenizedBatch(rows: rows, longest: longest, context: context, padded: padded)
+    }
+
+    /// The input embeddings of a batch: [B, longest, D].
+    public func embeddings(_ batch: TokenizedBatch) throws -> Tensor {
+        try llm.model.embedTokens(batch.padded.flatMap { $0 }, shape: [batch.rows.count, batch.longest])
+    }
+
+    /// Decoder layers `range` (0-based; layer i's output is hidden state i + 1) applied to `h`
+    /// [B, longest, D], with the final norm after the model's last layer, as transformers'
+    /// `hidden_states[N]` has it. A pipeline stage runs its own range.
+    public func layers(_ range: Range<Int>, _ h: Tensor, batch: TokenizedBatch) -> Tensor {
+        var h = h
+        for i in range {
+            h = llm.model.layers[i](h, context: batch.context)
+            if i + 1 == llm.config.numHiddenLayers { h = llm.model.norm(h) }
+        }
+        return h
+    }
+
+    /// The states [B, longest, D] as the fixed-length result: hidden [B, maxLength, D] (zero at
+    /// padding) and mask [B, maxLength].
+    public func pack(_ states: Tensor, batch: TokenizedBatch) -> (hidden: Tensor, mask: Tensor) {
+        let d = width, count = batch.rows.count, longest = batch.longest
+        let source = states.contiguousCopy()
+        let hidden = Tensor(zeros: [count, maxLength, d])
+        var mask = [Float](repeating: 0, count: count * maxLength)
+        for (b, row) in batch.rows.enumerated() {
             // Real tokens only: padded positions stay zero whatever the LLM computed there.
             (hidden.storage.pointer + b * maxLength * d)
-                .update(from: states.storage.pointer + b * longest * d, count: row.count * d)
+                .update(from: source.storage.pointer + b * longest * d, count: row.count * d)
             for j in 0..<row.count { mask[b * maxLength + j] = 1 }
         }
-        return (hidden, Tensor(shape: [prompts.count, maxLength], data: mask))
+        return (hidden, Tensor(shape: [count, maxLength], data: mask))
     }
 
     /// MiniGPT-5's voken states: each prompt followed by the voken embeddings `vokens` [V, D]

@@ -1,0 +1,71 @@
+import Foundation
+import Tensor
+import Models
+import Data
+import Collective
+import Worker
+
+/// The LLM's features of a prompt list computed pipeline-parallel: the decoder layers up to the
+/// configured hidden state are split over the ranks of a pipeline group (balanced by parameter
+/// count), micro-batches of prompts flow stage to stage by send/receive (GPipe, forward only: the
+/// LLM is frozen), and the last stage's states are broadcast to the group so every rank holds the
+/// table.
+///
+/// Micro-batches are the same chunks of `chunk` prompts the one-process path encodes, so every
+/// layer sees the same shapes and the features are bitwise those of pp = 1.
+enum PipelinedLLMFeatures {
+    /// Micro-batches in flight per pipeline pass (bounds the activations held at once).
+    static let microBatchesPerPass = 8
+
+    /// [N, L, D + 1] per distinct prompt: hidden states and the mask as one extra channel.
+    /// - Throws: `TrainingError.config` naming `topology.pp` when the stages outnumber the
+    ///   layers to split; the communicator's errors (a dead stage) naming the rank.
+    static func table(prompts: [String], encoder: LLMPromptEncoder, communicator: Communicator, chunk: Int,
+                      file: String, log: (String) -> Void) throws -> PromptFeatureTable {
+        let stages = communicator.size, stage = communicator.rank
+        let depth = encoder.layer
+        guard depth >= stages else {
+            throw TrainingError.config(file: file, key: "topology.pp",
+                                       message: "\(stages) pipeline stages but the LLM runs only \(depth) decoder layer(s) up to adapter.llm_layer; use pp ≤ \(max(depth, 1))")
+        }
+        let costs = encoder.llm.model.layers.prefix(depth).map { layer in layer.parameters().reduce(0) { $0 + $1.count } }
+        let partition = try PipelinePartition.balanced(costs: costs, stages: stages)
+        let range = partition.stages[stage]
+        log("LLM pipeline: layers \(partition.stages.map { "\($0.lowerBound + 1)…\($0.upperBound)" }.joined(separator: " | ")) over \(stages) stages")
+
+        let chunks = stride(from: 0, to: prompts.count, by: chunk).map { Array(prompts[$0 ..< min($0 + chunk, prompts.count)]) }
+        var batches: [LLMPromptEncoder.TokenizedBatch] = []
+        let pipeline = try PipelineStage(communicator: communicator, parameters: []) { input, k in
+            encoder.layers(range, input, batch: batches[k])
+        }
+        let d = encoder.width, l = encoder.maxLength
+        let rowSize = l * (d + 1)
+        var values = [Float](repeating: 0, count: stage == stages - 1 ? prompts.count * rowSize : 0)
+        var done = 0
+        let bar = communicator.rank == stages - 1 ? ProgressBar(total: prompts.count, label: "LLM features (pipeline)", unit: "prompts") : nil
+        var first = 0
+        while first < chunks.count {
+            let pass = Array(chunks[first ..< min(first + microBatchesPerPass, chunks.count)])
+            batches = try pass.map { try encoder.tokenize($0) }
+            let outputs = try withoutGrad {
+                try pipeline.forward(microBatches: pass.count) { k in try encoder.embeddings(batches[k]) }
+            }
+            if stage == stages - 1 {
+                for (k, states) in outputs.enumerated() {
+                    let (hidden, mask) = encoder.pack(states, batch: batches[k])
+                    let joined = Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2).contiguousCopy()
+                    values.withUnsafeMutableBufferPointer { buffer in
+                        (buffer.baseAddress! + done * rowSize).update(from: joined.storage.pointer, count: joined.count)
+                    }
+                    done += pass[k].count
+                }
+                bar?.update(done)
+            }
+            first += pass.count
+        }
+        // Every stage gets the table (the adapter trains on every rank).
+        if stage != stages - 1 { values = [Float](repeating: 0, count: prompts.count * rowSize) }
+        try communicator.broadcast(&values, root: stages - 1)
+        return try PromptFeatureTable(prompts: prompts, values: Tensor(shape: [prompts.count, l, d + 1], data: values))
+    }
+}
