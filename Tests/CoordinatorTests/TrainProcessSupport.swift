@@ -17,6 +17,17 @@ extension TrainProcessTests {
         throw XCTSkip("no \(name) executable")
     }
 
+    /// step → loss from a run folder's metrics.jsonl.
+    static func losses(inRun directory: String) throws -> [Int: Double] {
+        let text = try String(contentsOfFile: directory + "/metrics.jsonl", encoding: .utf8)
+        var result: [Int: Double] = [:]
+        for line in text.split(separator: "\n") {
+            let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            result[try XCTUnwrap(object["step"] as? Int)] = try XCTUnwrap(object["loss"] as? Double)
+        }
+        return result
+    }
+
     static func mpirun() throws -> String {
         for path in ["/usr/bin/mpirun", "/usr/local/bin/mpirun"] where FileManager.default.isExecutableFile(atPath: path) { return path }
         XCTFail("mpirun is not installed: run scripts/setup")

@@ -56,15 +56,7 @@ final class TrainProcessTests: XCTestCase {
         return url.path
     }
 
-    func losses(_ output: String) throws -> [Int: Double] {
-        let text = try String(contentsOfFile: path(output) + "/metrics.jsonl", encoding: .utf8)
-        var result: [Int: Double] = [:]
-        for line in text.split(separator: "\n") {
-            let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
-            result[try XCTUnwrap(object["step"] as? Int)] = try XCTUnwrap(object["loss"] as? Double)
-        }
-        return result
-    }
+    func losses(_ output: String) throws -> [Int: Double] { try Self.losses(inRun: path(output)) }
 
     // MARK: Behaviour
 

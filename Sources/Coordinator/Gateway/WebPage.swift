@@ -5,6 +5,12 @@
 /// image), `#error`, `#busy`, and for the live status `#state`, `#queue-depth`, `#in-flight`,
 /// `#worker-count`, `#completed`, `#rejected`, `#mean-batch`, `#autoscaler`, `#workers` (a
 /// `tbody`, one `tr.worker` per worker). The status is polled from `/v1/status` every second.
+/// Each `img.result` carries its seed in `data-seed` (and its tooltip), so a picture can be remade.
+///
+/// The query string fills the form: `/?prompt=red+sneakers&size=64x64&n=2`; with `generate=1`
+/// the page also submits it once on load (links that show a result; the headless-browser test
+/// drives the page this way). The API token is never read from the URL: it would end up in
+/// browser history and access logs.
 enum WebPage {
     static let html = #"""
     <!doctype html>
@@ -78,6 +84,8 @@ enum WebPage {
           const img = document.createElement("img");
           img.className = "result";
           img.alt = $("prompt").value;
+          img.dataset.seed = item.seed;
+          img.title = "seed " + item.seed;
           img.src = "data:image/png;base64," + item.b64_json;
           $("images").prepend(img);
         }
@@ -116,6 +124,15 @@ enum WebPage {
         $("state").textContent = "unreachable";
       }
     }
+
+    // ?prompt=…&size=…&n=… fills the form and generate=1 submits it (see the doc comment above).
+    const query = new URLSearchParams(location.search);
+    if (query.has("prompt")) $("prompt").value = query.get("prompt");
+    if ([...$("size").options].some((option) => option.value === query.get("size"))) $("size").value = query.get("size");
+    if (query.has("n")) $("count").value = query.get("n");
+    // requestSubmit (not submit) runs the form's validation and fires the submit handler above.
+    if (query.get("generate") === "1") $("generate-form").requestSubmit();
+
     refresh();
     setInterval(refresh, 1000);
     </script>
