@@ -11,7 +11,7 @@ struct SuraCommand: ParsableCommand {
         subcommands: [InspectCommand.self, DataCommand.self, ServeCommand.self, WorkerCommand.self,
                       SubmitCommand.self, JobsCommand.self, GenerateCommand.self, ForwardCommand.self,
                       CompleteCommand.self, ConvertCommand.self, FeaturesCommand.self, EvalCommand.self,
-                      BenchCommand.self, DemoCommand.self, SelfTestCommand.self])
+                      BenchCommand.self, DemoCommand.self, SelfTestCommand.self, KeysCommand.self])
 }
 
 /// Options every compute command shares.

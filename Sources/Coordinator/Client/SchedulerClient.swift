@@ -49,7 +49,11 @@ public final class SchedulerClient: @unchecked Sendable {
     private let thread: Thread
 
     /// Connects to the scheduler's front end (e.g. `tcp://127.0.0.1:5555`) and starts the I/O thread.
-    public init(endpoint: String, maxRequestBytes: Int = 256 * 1024, context: ZMQContext? = nil) throws {
+    ///
+    /// With `curve`, the connection is a CurveZMQ client: encrypted, and authenticated by
+    /// `curve.keyPair`. A refused or mismatched handshake is not an error here: requests then time out.
+    public init(endpoint: String, maxRequestBytes: Int = 256 * 1024, context: ZMQContext? = nil,
+                curve: CurveClientSecurity? = nil) throws {
         self.endpoint = endpoint
         self.maxRequestBytes = maxRequestBytes
         self.context = try context ?? ZMQContext()
@@ -60,6 +64,7 @@ public final class SchedulerClient: @unchecked Sendable {
         try outbox.connect(address)
         let dealer = try ZMQSocket(context: self.context, kind: .dealer)
         try dealer.setHighWaterMarks(send: 100_000, receive: 100_000)
+        if let curve { try dealer.makeCurveClient(curve) }
         try dealer.connect(endpoint)
         let mailbox = self.mailbox
         thread = Thread { ClientMailbox.loop(inbox: inbox, dealer: dealer, mailbox: mailbox) }

@@ -11,7 +11,8 @@ public enum MonotonicClock {
 /// event loop that feeds `SchedulerCore` and sends what it decides.
 ///
 /// One thread runs `run()` and owns both sockets; other threads only call `requestStop` and
-/// read `status`.
+/// read `status`. With `curve`, both sockets are CurveZMQ servers and a ZAP handler thread
+/// decides which client keys may connect (docs/protocol.md, "Security").
 public final class InferenceScheduler: @unchecked Sendable {
     public let configuration: SchedulerConfiguration
     public let metrics: SchedulerMetrics
@@ -19,10 +20,14 @@ public final class InferenceScheduler: @unchecked Sendable {
     /// The endpoints actually bound (ports resolved).
     public private(set) var frontendEndpoint = ""
     public private(set) var backendEndpoint = ""
+    /// The server's public key when both sockets use CURVE, else nil.
+    public let curvePublicKey: CurveKey?
 
     private let context: ZMQContext
     private let frontend: ZMQSocket
     private let backend: ZMQSocket
+    private let zap: ZAPHandler?
+    private let handshakes: HandshakeDiagnostics?
     private let log: @Sendable (String) -> Void
     private let controlLock = NSLock()
     private var stopRequest: (drain: Bool, at: Double)?
@@ -30,8 +35,12 @@ public final class InferenceScheduler: @unchecked Sendable {
     private var autoscaling: AutoscaleController?
 
     /// Binds both sockets (e.g. `tcp://127.0.0.1:5555`; `tcp://127.0.0.1:*` picks a free port).
+    ///
+    /// With `curve`, the ZAP handler is bound in `context` before the sockets listen (only one
+    /// CURVE scheduler per context), and a malformed authorized-keys file throws here.
     public init(configuration: SchedulerConfiguration, frontend frontendAddress: String, backend backendAddress: String,
-                metrics registry: MetricsRegistry, context: ZMQContext? = nil, log: @escaping @Sendable (String) -> Void) throws {
+                metrics registry: MetricsRegistry, context: ZMQContext? = nil, curve: CurveServerSecurity? = nil,
+                log: @escaping @Sendable (String) -> Void) throws {
         self.configuration = configuration
         self.metrics = SchedulerMetrics(registry: registry)
         self.core = SchedulerCore(configuration: configuration, metrics: metrics)
@@ -43,12 +52,30 @@ public final class InferenceScheduler: @unchecked Sendable {
             try socket.setRouterMandatory()
             try socket.setHighWaterMarks(send: 100_000, receive: 100_000)
         }
+        if let curve {
+            let authorizer = try CurveAuthorizer(authorizedKeysFile: curve.authorizedKeysFile,
+                                                 alwaysAllowed: curve.alwaysAllowed.union([curve.keyPair.publicKey]), log: log)
+            zap = try ZAPHandler(context: self.context, authorizer: authorizer, log: log)
+            let diagnostics = HandshakeDiagnostics(role: .server, context: self.context)
+            for (socket, name) in [(frontend, "frontend"), (backend, "backend")] {
+                try socket.makeCurveServer(keyPair: curve.keyPair, zapDomain: name)
+                try diagnostics.watch(socket, name: name)
+            }
+            handshakes = diagnostics
+            curvePublicKey = curve.keyPair.publicKey
+        } else {
+            zap = nil
+            handshakes = nil
+            curvePublicKey = nil
+        }
         // A hard guard far above the error-reply limit: peers sending more are disconnected by libzmq.
         try frontend.setMaxMessageSize(Int64(max(configuration.maxRequestBytes * 16, 16 << 20)))
         frontendEndpoint = try frontend.bind(frontendAddress)
         backendEndpoint = try backend.bind(backendAddress)
         published = core.status(now: MonotonicClock.now())
     }
+
+    deinit { zap?.stop() }
 
     /// Runs the autoscaler every `policy.interval` on the loop thread (local workers or metrics only).
     public func attach(_ controller: AutoscaleController) {
@@ -81,6 +108,8 @@ public final class InferenceScheduler: @unchecked Sendable {
             try? frontend.setLinger(milliseconds: 2000)
             frontend.close()
             backend.close()
+            handshakes?.close()
+            zap?.stop()
         }
         while true {
             var now = MonotonicClock.now()
@@ -91,6 +120,7 @@ public final class InferenceScheduler: @unchecked Sendable {
             if readable[1] { try drain(frontend, maxBytes: configuration.maxRequestBytes + 4096) { self.handleFrontend($0) } }
             now = MonotonicClock.now()
             execute(core.tick(now: now))
+            if let handshakes { for line in handshakes.reports(now: now) { log(line) } }
 
             controlLock.lock()
             let stop = stopRequest, controller = autoscaling

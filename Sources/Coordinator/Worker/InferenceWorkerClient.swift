@@ -20,6 +20,9 @@ public struct InferenceWorkerConfiguration: Sendable, Equatable {
     public var reconnectMaxDelay: TimeInterval = 5
     /// When set, the worker leaves once this process is no longer its parent (the server died).
     public var parentPID: Int32?
+    /// When set, the connection is a CurveZMQ client of the scheduler's back end (encrypted, and
+    /// authenticated by this key pair). Either way, failed handshakes are logged in words.
+    public var curve: CurveClientSecurity?
 
     public init(scheduler: String, name: String) {
         self.scheduler = scheduler
@@ -39,6 +42,8 @@ public final class InferenceWorkerClient: @unchecked Sendable {
     private let lock = NSLock()
     private var stopRequested = false
     private var counters = (batches: 0, images: 0, failures: 0, reconnects: 0)
+    /// Only the `run()` thread uses it.
+    private var handshakes: HandshakeDiagnostics?
 
     /// A worker that runs batches on `executor`; nothing connects until `run()`.
     public init(configuration: InferenceWorkerConfiguration, executor: InferenceBatchExecutor, context: ZMQContext? = nil,
@@ -47,6 +52,11 @@ public final class InferenceWorkerClient: @unchecked Sendable {
         self.context = try context ?? ZMQContext()
         self.log = log
         runner = try BatchRunner(executor: executor, context: self.context)
+        if let curve = configuration.curve {
+            try CurveSupport.requireAvailable()
+            _ = try curve.keyPair.requireSecret(file: "the worker's key")
+        }
+        handshakes = HandshakeDiagnostics(role: .client(configuration.curve), context: self.context)
     }
 
     /// Asks the worker to leave after its current batch. Thread-safe; signal handlers call it.
@@ -72,6 +82,8 @@ public final class InferenceWorkerClient: @unchecked Sendable {
     private func makeSocket() throws -> ZMQSocket {
         let socket = try ZMQSocket(context: context, kind: .dealer)
         try socket.setHighWaterMarks(send: 10_000, receive: 10_000)
+        if let curve = configuration.curve { try socket.makeCurveClient(curve) }
+        try handshakes?.watch(socket, name: "backend")
         try socket.connect(configuration.scheduler)
         return socket
     }
@@ -83,7 +95,10 @@ public final class InferenceWorkerClient: @unchecked Sendable {
 
     /// Serves batches until `requestStop`; returns once the current batch is delivered and BYE sent.
     public func run() throws {
-        defer { runner.shutdown() }
+        defer {
+            runner.shutdown()
+            handshakes?.close()
+        }
         var socket: ZMQSocket? = try makeSocket()
         try socket!.send(readyFrames())
         log("worker \(configuration.name) connecting to \(configuration.scheduler)")
@@ -135,6 +150,7 @@ public final class InferenceWorkerClient: @unchecked Sendable {
                     owesReady = true
                 }
             }
+            if let handshakes { for line in handshakes.reports(now: now) { log("worker \(configuration.name): " + line) } }
             var sockets = [runner.completions]
             if let socket { sockets.append(socket) }
             let untilHeartbeat = max(0, nextHeartbeat - now)

@@ -93,7 +93,8 @@ public final class ZMQSocket {
         handle = nil
     }
 
-    private func live(_ operation: String) throws -> UnsafeMutableRawPointer {
+    /// The libzmq handle, or `ENOTSOCK` once closed (internal: the CURVE monitor needs it).
+    func live(_ operation: String) throws -> UnsafeMutableRawPointer {
         guard let handle else { throw ZMQError(operation: operation, code: ENOTSOCK) }
         return handle
     }
