@@ -175,8 +175,10 @@ public final class TrainingRun {
             if checkpointDue {
                 try saveCheckpoint(step: step, task: task, optimizer: optimizer, ema: ema)
             }
-            if let every = config.checkpoint.sampleEvery, step % every == 0 || step == totalSteps, rank == 0 {
-                try writeSamples(step: step, task: task, parameters: parameters, ema: ema)
+            if let every = config.checkpoint.sampleEvery, step % every == 0 || step == totalSteps {
+                // Every rank draws the (identical) samples, so none waits at the next collective
+                // longer than its timeout while rank 0 alone samples; only rank 0 writes them.
+                try agree("drawing samples") { try writeSamples(step: step, task: task, parameters: parameters, ema: ema) }
             }
         }
         if let path = options.timeline, let timeline = replica.timeline {
@@ -257,7 +259,7 @@ public final class TrainingRun {
             for (k, p) in parameters.enumerated() { p.tensor.assign(backup[k]) }
             task.module.train()
         }
-        guard let samples = try task.samples(step: step) else { return }
+        guard let samples = try task.samples(step: step), communicator.rank == 0 else { return }
         try outputs.writeSamples(samples, step: step)
     }
 }
