@@ -181,6 +181,14 @@ public final class AdapterTask: TrainingTask {
 
     func prompt(_ record: DatasetRecord) -> String { section.promptField == "text" ? record.text : record.prompt }
 
+    /// The LLM table's rows for `prompts`, split back into hidden [B, Ll, Dl] and mask [B, Ll]
+    /// (the table stores the mask as one extra channel); nil without an LLM table.
+    func llmFeatures(_ prompts: [String]) throws -> (hidden: Tensor, mask: Tensor)? {
+        guard let llmTable else { return nil }
+        let parts = try llmTable.features(prompts).split([llmTable.width - 1, 1], axis: 2)
+        return (parts[0].contiguous(), parts[1].squeezed(2).contiguous())
+    }
+
     /// The adapter's inputs for a batch; `dropped[b]` gives sample b the unconditional input.
     func inputs(records: [DatasetRecord], dropped: [Bool]) throws -> AdapterInputs {
         let prompts = zip(records, dropped).map { $1 ? "" : prompt($0) }
@@ -191,11 +199,9 @@ public final class AdapterTask: TrainingTask {
             let states = try vokenTable.features(records.map(prompt))
             let keep = Tensor(shape: [records.count, 1, 1], data: dropped.map { $0 ? 0 : 1 })
             inputs.llmHidden = dropped.contains(true) ? states * keep : states
-        } else if let llmTable {
-            let both = try llmTable.features(prompts)
-            let parts = both.split([llmTable.width - 1, 1], axis: 2)
-            inputs.llmHidden = parts[0].contiguous()
-            inputs.llmMask = parts[1].squeezed(2).contiguous()
+        } else if let llm = try llmFeatures(prompts) {
+            inputs.llmHidden = llm.hidden
+            inputs.llmMask = llm.mask
         }
         return inputs
     }
@@ -245,10 +251,8 @@ public final class AdapterTask: TrainingTask {
             // SUR-adapter's distillation: the encoder output towards the LLM's feature of the
             // simple prompt (through the frozen projection), the conditioning towards the text
             // encoder's features of the complex prompt.
-            if section.loss.klLLM > 0, let llmTable {
-                let both = try llmTable.features(records.map(prompt))
-                let parts2 = both.split([llmTable.width - 1, 1], axis: 2)
-                let target = try sur.projectedLLMFeature(parts2[0].contiguous(), mask: parts2[1].squeezed(2).contiguous())
+            if section.loss.klLLM > 0, let llm = try llmFeatures(records.map(prompt)) {
+                let target = try sur.projectedLLMFeature(llm.hidden, mask: llm.mask)
                 let term = try SURAdapterLoss.distillation(target, surOutput.encoderOutput, names: ("projectedLLM", "encoderOutput"))
                 parts["kl_llm"] = Double(term.item)
                 total = total + term * Float(section.loss.klLLM)
