@@ -13,6 +13,9 @@ struct GenerateCommand: ParsableCommand {
             (absent: the UNet works in pixel space), and a text encoder — text_encoder/ + tokenizer/, \
             or a sura.json naming one ({"text_encoder": "path/to/minilm", "max_length": 18}). \
             Image i uses seed --seed + i, so an image does not depend on the other prompts.
+            With --interleaved and a voken_mapper checkpoint trained with the LM loss, the LLM \
+            continues the one --prompt and an image is drawn wherever it emits the vokens \
+            (MiniGPT-5); the output folder gets document.md and document.html with the PNGs.
             """)
 
     @Option(help: "Model folder.")
@@ -54,6 +57,21 @@ struct GenerateCommand: ParsableCommand {
     @Flag(help: "Do not write the grid image.")
     var noGrid = false
 
+    @Flag(help: "MiniGPT-5 interleaved generation: text continuing the --prompt with images where the LLM emits vokens (needs --adapter with a voken_mapper checkpoint).")
+    var interleaved = false
+
+    @Option(help: "With --interleaved: most text tokens to generate.")
+    var maxNewTokens: Int = 64
+
+    @Option(help: "With --interleaved: most images in the document.")
+    var maxImages: Int = 3
+
+    @Option(help: "With --interleaved: sampling temperature of the LLM (0: greedy).")
+    var temperature: Float = 0
+
+    @Option(help: "With --interleaved: transformers' repetition penalty on text tokens already in the document.")
+    var repetitionPenalty: Float = 1.2
+
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
@@ -62,6 +80,7 @@ struct GenerateCommand: ParsableCommand {
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1, got \(steps)") }
         guard guidance.isFinite else { throw ValidationError("--guidance must be a number, got \(guidance)") }
         let folderURL = URL(fileURLWithPath: model)
+        if interleaved { return try runInterleaved(folderURL) }
         do {
             let folder = try PipelineFolder.load(folderURL)
             var provider: (any ConditioningProvider)? = nil
@@ -87,6 +106,32 @@ struct GenerateCommand: ParsableCommand {
             }
             if !noGrid, let grid = urls.last { print("\(grid.path)  grid") }
         } catch let error as ValidationError {
+            throw error
+        } catch {
+            throw CommandFailure("\(error)")
+        }
+    }
+
+    func runInterleaved(_ folderURL: URL) throws {
+        guard let adapter else { throw ValidationError("--interleaved needs --adapter with a voken_mapper checkpoint") }
+        guard prompts.count == 1 else { throw ValidationError("--interleaved takes exactly one --prompt, got \(prompts.count)") }
+        guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1, got \(maxNewTokens)") }
+        guard maxImages >= 0 else { throw ValidationError("--max-images must be ≥ 0, got \(maxImages)") }
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be ≥ 0, got \(temperature)") }
+        guard repetitionPenalty > 0, repetitionPenalty.isFinite else { throw ValidationError("--repetition-penalty must be > 0, got \(repetitionPenalty)") }
+        do {
+            let document = InterleavedDocument(folder: try PipelineFolder.load(folderURL), checkpointPath: adapter, llmOverride: llm,
+                                               scheduler: scheduler, options: TextToImageOptions(steps: steps, guidanceScale: guidance,
+                                                                                                  height: height, width: width),
+                                               seed: seed)
+            let generation = LlamaGenerationConfig(doSample: temperature > 0, temperature: temperature > 0 ? temperature : 1,
+                                                   repetitionPenalty: repetitionPenalty, seed: seed)
+            let written = try document.write(prompt: prompts[0], generation: generation, maxNewTokens: maxNewTokens,
+                                             maxImages: maxImages, to: URL(fileURLWithPath: output, isDirectory: true)) { print($0) }
+            print(written.text)
+            print("\(written.markdown.path)  (\(written.images.count) image(s))")
+            print(written.html.path)
+        } catch let error as CommandFailure {
             throw error
         } catch {
             throw CommandFailure("\(error)")

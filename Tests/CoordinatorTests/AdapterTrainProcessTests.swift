@@ -121,10 +121,11 @@ final class AdapterTrainProcessTests: XCTestCase {
             let metrics = try String(contentsOfFile: path(type) + "/metrics.jsonl", encoding: .utf8)
             XCTAssertTrue(metrics.contains("loss_diffusion"), metrics)
             if type == "sur_adapter" { XCTAssertTrue(metrics.contains("loss_kl_llm") && metrics.contains("loss_kl_complex"), metrics) }
-            if type == "voken_mapper" { XCTAssertTrue(metrics.contains("loss_caption"), metrics) }
+            if type == "voken_mapper" { XCTAssertTrue(metrics.contains("loss_caption") && metrics.contains("loss_lm"), metrics) }
             XCTAssertTrue(FileManager.default.fileExists(atPath: path(type) + "/loss.png"))
             let checkpoint = try SafeTensorsFile(contentsOf: URL(fileURLWithPath: path(type + ".safetensors")))
             XCTAssertEqual(checkpoint.metadata["type"], type)
+            if type == "voken_mapper" { XCTAssertEqual(checkpoint.entry(named: "sura.voken_lm_head")?.shape, [2, 576]) }
             exported.append(path(type + ".safetensors"))
 
             let generated = try run("sura", ["generate", "--model", path("base"), "--adapter", path(type + ".safetensors"),
@@ -231,6 +232,38 @@ final class AdapterTrainProcessTests: XCTestCase {
                                       timeout: 120)
         XCTAssertNotEqual(refused.status, 0)
         XCTAssertTrue(refused.output.contains("topology.pp"), refused.output)
+    }
+
+    /// MiniGPT-5's interleaved generation from the command line: a voken mapper trained with the
+    /// LM loss writes a Markdown and an HTML document that start with the prompt; a checkpoint of
+    /// another adapter type, or a voken mapper trained without the LM loss, is refused naming why.
+    func testInterleavedGenerationWritesADocument() throws {
+        let trained = try run("train", ["--config", try writeConfig("voken_mapper", output: "interleaved")])
+        XCTAssertEqual(trained.status, 0, trained.output)
+        let generated = try run("sura", ["generate", "--interleaved", "--model", path("base"), "--adapter", path("interleaved.safetensors"),
+                                         "--prompt", "a red dress", "--max-new-tokens", "6", "--steps", "2", "--output", path("doc")])
+        XCTAssertEqual(generated.status, 0, generated.output)
+        let markdown = try String(contentsOfFile: path("doc/document.md"), encoding: .utf8)
+        XCTAssertTrue(markdown.hasPrefix("**a red dress**"), markdown)
+        let html = try String(contentsOfFile: path("doc/document.html"), encoding: .utf8)
+        XCTAssertTrue(html.contains("<b>a red dress</b>"), html)
+        // Every image the document names was written.
+        for line in markdown.split(separator: "\n") where line.hasPrefix("![") {
+            let name = String(line[line.index(after: line.firstIndex(of: "(")!) ..< line.lastIndex(of: ")")!])
+            XCTAssertNoThrow(try PNGImage(contentsOf: URL(fileURLWithPath: path("doc/" + name))))
+        }
+
+        let noLM = try writeConfig("voken_mapper", output: "interleaved-nolm").replacingLine("  export:", with: "  loss: {lm: 0}\n  export:")
+        XCTAssertEqual(try run("train", ["--config", noLM]).status, 0)
+        let cross = try writeConfig("cross_adapter", output: "interleaved-cross", steps: 1)
+        XCTAssertEqual(try run("train", ["--config", cross]).status, 0)
+        for (checkpoint, detail) in [("interleaved-nolm", "voken_lm_head"), ("interleaved-cross", "voken_mapper checkpoint")] {
+            let refused = try run("sura", ["generate", "--interleaved", "--model", path("base"), "--adapter", path(checkpoint + ".safetensors"),
+                                           "--prompt", "a red dress", "--output", path("doc-" + checkpoint)])
+            XCTAssertNotEqual(refused.status, 0, refused.output)
+            XCTAssertTrue(refused.output.contains(detail) && refused.output.contains(checkpoint + ".safetensors"), refused.output)
+            XCTAssertFalse(refused.output.contains("Fatal error"), refused.output)
+        }
     }
 
     /// Unknown adapter types, layers beyond the LLM, a width that is not the UNet's

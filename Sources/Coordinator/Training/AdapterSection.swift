@@ -15,7 +15,7 @@ extension TrainingConfig {
     ///   prompt_field: text             # which prompt the adapter sees: text (simple) or prompt (complex)
     ///   condition_dropout: 0.1         # chance a sample trains the unconditional branch
     ///   config: {heads: 8}             # the adapter's own keys (docs/config.md lists them)
-    ///   loss: {diffusion: 1, kl_llm: 1.0e-5, kl_complex: 1.0e-5, caption: 0.1}
+    ///   loss: {diffusion: 1, kl_llm: 1.0e-5, kl_complex: 1.0e-5, caption: 0.1, lm: 1}
     ///   export: models/adapters/cross_adapter.safetensors
     /// ```
     public struct AdapterSection: Sendable {
@@ -32,12 +32,13 @@ extension TrainingConfig {
         public var export: String?
 
         /// Weights of the loss terms (DESIGN.md §1): the LDM term, SUR-adapter's two KL terms,
-        /// MiniGPT-5's caption-feature MSE.
+        /// MiniGPT-5's caption-feature MSE and its LM cross-entropy over the voken rows.
         public struct LossWeights: Sendable, Equatable {
             public var diffusion = 1.0
             public var klLLM = 1e-5
             public var klComplex = 1e-5
             public var caption = 0.1
+            public var lm = 1.0
         }
 
         /// The paper's default chance of a dropped condition: none for SUR-adapter (it applies the
@@ -75,11 +76,12 @@ extension TrainingConfig {
                 configJSON = Data("{}".utf8)
             }
             if let weights = try node.mapping("loss") {
-                try weights.rejectUnknownKeys(allowed: ["diffusion", "kl_llm", "kl_complex", "caption"])
+                try weights.rejectUnknownKeys(allowed: ["diffusion", "kl_llm", "kl_complex", "caption", "lm"])
                 loss.diffusion = try weights.double("diffusion", in: 0...1e6) ?? loss.diffusion
                 loss.klLLM = try weights.double("kl_llm", in: 0...1e6) ?? loss.klLLM
                 loss.klComplex = try weights.double("kl_complex", in: 0...1e6) ?? loss.klComplex
                 loss.caption = try weights.double("caption", in: 0...1e6) ?? loss.caption
+                loss.lm = try weights.double("lm", in: 0...1e6) ?? loss.lm
             }
             export = try node.string("export")
         }

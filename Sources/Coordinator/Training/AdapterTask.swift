@@ -7,7 +7,7 @@ import Collective
 /// Trains one adapter against a frozen base model: the adapter turns a prompt's features (the
 /// text encoder's tokens and/or the LLM's hidden states) into the UNet's conditioning, and the
 /// LDM loss through the frozen UNet teaches it what the UNet needs, plus each paper's own terms
-/// (SUR-adapter's KL distillation, MiniGPT-5's caption-feature MSE).
+/// (SUR-adapter's KL distillation, MiniGPT-5's caption-feature MSE and LM loss on the vokens).
 ///
 /// The text encoder and the LLM are frozen, so each distinct prompt's features are computed
 /// once at start and looked up per batch (`PromptFeatureTable`), SUR-adapter's prompt2vec step.
@@ -27,13 +27,18 @@ public final class AdapterTask: TrainingTask {
     /// The voken embeddings [V, Dl]: every row the mean of the LLM's input embeddings, as
     /// MiniGPT-5 initialises new vocabulary rows.
     let vokens: Tensor?
+    /// The voken rows of the LM head, trained by the LM loss (`loss.lm` > 0), and the LM
+    /// examples of every prompt's document "prompt [IMG0] … [IMG(V−1)]" ([P, Dl + 4] each,
+    /// `LMExampleRows`).
+    let vokenHead: VokenLanguageHead?
+    let lmTable: PromptFeatureTable?
+    /// What the optimiser updates: the adapter, or the voken mapper with `vokenHead`.
+    public let module: Module
     let textEncoder: TextEncoderConditioning?
     let lossFunction: DiffusionLoss
     let schedulerConfig: SchedulerConfig
     private let evaluationRecords: [DatasetRecord]
     private let scoring: SampleScoring
-
-    public var module: Module { adapter }
 
     /// Loads the base model and the LLM, builds the adapter (random init from `seed`) and
     /// encodes every prompt of the dataset once.
@@ -132,11 +137,25 @@ public final class AdapterTask: TrainingTask {
             let mean = try withoutGrad { llm.llm.model.embedTokens.weight.mean(axes: [0], keepDims: true) }
             let rows = mean.expanded(to: [count, llm.width]).contiguous()
             vokens = rows
-            vokenTable = try table("LLM voken states", shown) { prompts in try withoutGrad { try llm.vokenStates(prompts, vokens: rows) } }
+            if section.loss.lm > 0 {
+                // One frozen pass per prompt gives both the voken states and the LM examples.
+                let outputMean = try withoutGrad { llm.llm.lmHead.weight.mean(axes: [0], keepDims: true) }
+                let head = VokenLanguageHead(initial: outputMean.expanded(to: [count, llm.width]).contiguous())
+                vokenHead = head
+                let tables = try Self.vokenTables(PromptFeatureTable.distinct(shown), encoder: llm, vokens: rows, log: log)
+                vokenTable = tables.states
+                lmTable = tables.lm
+            } else {
+                vokenHead = nil
+                lmTable = nil
+                vokenTable = try table("LLM voken states", shown) { prompts in try withoutGrad { try llm.vokenStates(prompts, vokens: rows) } }
+            }
             llmTable = nil
         } else if let llm {
             vokens = nil
             vokenTable = nil
+            vokenHead = nil
+            lmTable = nil
             let started = Date()
             if let pipeline, pipeline.size > 1 {
                 llmTable = try PipelinedLLMFeatures.table(prompts: PromptFeatureTable.distinct(shown + [""]), encoder: llm,
@@ -153,7 +172,14 @@ public final class AdapterTask: TrainingTask {
         } else {
             vokens = nil
             vokenTable = nil
+            vokenHead = nil
+            lmTable = nil
             llmTable = nil
+        }
+        if let mapper = adapter as? VokenMapper, let vokenHead {
+            module = VokenMapperWithHead(mapper: mapper, head: vokenHead)
+        } else {
+            module = adapter
         }
         if type == .vokenMapper, let mapper = adapter as? VokenMapper, let text, section.loss.caption > 0,
            mapper.config.numQueries != text.length {
@@ -171,6 +197,29 @@ public final class AdapterTask: TrainingTask {
     /// Prompts per LLM forward pass (the same chunks with and without a pipeline, so the
     /// features are bitwise equal).
     static let llmChunk = 32
+
+    /// The voken states [V, Dl] and LM example rows [P, Dl + 4] of every prompt in `prompts`
+    /// (distinct), from one frozen LLM pass per chunk.
+    static func vokenTables(_ prompts: [String], encoder: LLMPromptEncoder, vokens: Tensor,
+                            log: (String) -> Void) throws -> (states: PromptFeatureTable, lm: PromptFeatureTable) {
+        let started = Date()
+        let bar = ProgressBar(total: prompts.count, label: "LLM voken documents", unit: "prompts")
+        var states: [Tensor] = [], rows: [Tensor] = []
+        var start = 0
+        while start < prompts.count {
+            let chunk = Array(prompts[start ..< min(start + llmChunk, prompts.count)])
+            let pass = try LMExampleRows.encode(chunk, encoder: encoder, vokens: vokens)
+            states.append(pass.states)
+            rows.append(pass.rows)
+            start += chunk.count
+            bar.update(start)
+        }
+        let tables = (try PromptFeatureTable(prompts: prompts, values: Tensor.concat(states, axis: 0)),
+                      try PromptFeatureTable(prompts: prompts, values: Tensor.concat(rows, axis: 0)))
+        log(String(format: "LLM voken documents: %d distinct prompts (voken states and LM examples) in %.1f s",
+                   prompts.count, Date().timeIntervalSince(started)))
+        return tables
+    }
 
     /// The LLM width an adapter expects, when its config states one.
     static func llmInputWidth(_ adapter: any ConditioningAdapter) -> Int? {
@@ -247,6 +296,14 @@ public final class AdapterTask: TrainingTask {
             parts["caption"] = Double(caption.item)
             total = total + caption * Float(section.loss.caption)
         }
+        if let vokenHead, let lmTable, section.loss.lm > 0 {
+            // MiniGPT-5's LM loss on each sample's document, text and voken positions alike.
+            let rows = try lmTable.features(records.map(prompt))
+            if let lm = vokenHead.loss(rows: rows.reshaped([records.count * lmTable.length, lmTable.width])) {
+                parts["lm"] = Double(lm.item)
+                total = total + lm * Float(section.loss.lm)
+            }
+        }
         if let sur = adapter as? SURAdapter, let surOutput {
             // SUR-adapter's distillation: the encoder output towards the LLM's feature of the
             // simple prompt (through the frozen projection), the conditioning towards the text
@@ -292,8 +349,22 @@ public final class AdapterTask: TrainingTask {
         }
         var checkpoint = AdapterCheckpoint(type: type, adapter: adapter, metadata: metadata)
         if let vokens { checkpoint.extraTensors["vokens"] = vokens }
+        if let vokenHead { checkpoint.extraTensors["voken_lm_head"] = vokenHead.weight.contiguousCopy() }
         let url = URL(fileURLWithPath: path)
         try checkpoint.write(to: url)
         return [url.path]
+    }
+}
+
+/// The voken mapper trained together with its voken LM-head rows: the mapper's parameters keep
+/// their own names, the rows are `voken_lm_head.weight`.
+final class VokenMapperWithHead: Module {
+    @ModuleKey("") var mapper: VokenMapper
+    @ModuleKey("voken_lm_head") var head: VokenLanguageHead
+
+    init(mapper: VokenMapper, head: VokenLanguageHead) {
+        _mapper.wrappedValue = mapper
+        _head.wrappedValue = head
+        super.init()
     }
 }

@@ -131,6 +131,15 @@ public final class LLMPromptEncoder {
     /// `vokens` when it requires them (the LLM itself stays frozen).
     /// - Throws: `LlamaError.invalidInput` naming `vokens` when it is not [V, D].
     public func vokenStates(_ prompts: [String], vokens: Tensor) throws -> Tensor {
+        let pass = try vokenForward(prompts, vokens: vokens)
+        return pass.states[layer].sliced(axis: 1, pass.longest, pass.longest + vokens.shape[0])
+    }
+
+    /// The forward pass behind `vokenStates`: every hidden state (transformers' numbering, each
+    /// [B, longest + V, D]) of the left-padded documents "prompt [IMG0] … [IMG(V−1)]", each
+    /// prompt's token ids, and the padded prompt length (the vokens sit at longest ..< longest + V).
+    /// - Throws: `LlamaError.invalidInput` naming `vokens` when it is not [V, D].
+    public func vokenForward(_ prompts: [String], vokens: Tensor) throws -> (states: [Tensor], rows: [[Int]], longest: Int) {
         guard vokens.rank == 2, vokens.shape[1] == width, vokens.shape[0] >= 1 else {
             throw LlamaError.invalidInput(name: "vokens", message: "has shape \(vokens.shape); expected [V, \(width)]")
         }
@@ -146,11 +155,9 @@ public final class LLMPromptEncoder {
         let embeds = Tensor.concat([text, vokens.reshaped([1, v, d]).expanded(to: [b, v, d])], axis: 1)
         let mask = rows.map { [Int](repeating: 0, count: longest - $0.count) + [Int](repeating: 1, count: $0.count + v) }
         let output = try llm(inputsEmbeds: embeds, attentionMask: mask, outputHiddenStates: true, logits: .none)
-        let states = output.hiddenStates
-        guard layer < states.count else {
+        guard layer < output.hiddenStates.count else {
             throw LlamaError.invalidInput(name: "layer", message: "\(layer) has no hidden state")
         }
-        // [B, V, D]
-        return states[layer].sliced(axis: 1, longest, longest + v)
+        return (output.hiddenStates, rows, longest)
     }
 }
