@@ -192,7 +192,7 @@ public final class TrainingRun {
             log("exported \(ema == nil ? "weights" : "EMA weights") to \(written.joined(separator: ", "))")
         }
         try communicator.barrier()
-        log(String(format: "done: step %d, loss %.5f", step, lastLoss))
+        log(lastLoss.isNaN ? "done: step \(step) (no steps left to run)" : String(format: "done: step %d, loss %.5f", step, lastLoss))
         return lastLoss
     }
 
