@@ -15,7 +15,7 @@ extension TrainingConfig {
     ///   prompt_field: text             # which prompt the adapter sees: text (simple) or prompt (complex)
     ///   condition_dropout: 0.1         # chance a sample trains the unconditional branch
     ///   config: {heads: 8}             # the adapter's own keys (docs/config.md lists them)
-    ///   loss: {diffusion: 1, kl_llm: 1.0e-5, kl_complex: 1.0e-5, caption: 0.1, lm: 1}
+    ///   loss: {diffusion: 1, kl_llm: 1.0e-5, kl_complex: 1.0e-5, caption: 0.1, lm: 0.01}
     ///   export: models/adapters/cross_adapter.safetensors
     /// ```
     public struct AdapterSection: Sendable {
@@ -38,7 +38,7 @@ extension TrainingConfig {
             public var klLLM = 1e-5
             public var klComplex = 1e-5
             public var caption = 0.1
-            public var lm = 1.0
+            public var lm = 0.01
         }
 
         /// The paper's default chance of a dropped condition: none for SUR-adapter (it applies the

@@ -104,7 +104,7 @@ public final class AdapterTask: TrainingTask {
         } else {
             llm = nil
         }
-        if let llm, adapter.requirements.contains(.llmHidden), let expected = Self.llmInputWidth(adapter), expected != llm.width {
+        if let llm, adapter.requirements.contains(.llmHidden), let expected = adapter.llmInputWidth, expected != llm.width {
             let key = type == .crossAdapter ? "llm_dim" : "input_dim"
             throw fail("adapter.config.\(key)", "the adapter reads \(expected)-wide LLM states but \(section.llm ?? "the LLM") has hidden size \(llm.width)")
         }
@@ -219,13 +219,6 @@ public final class AdapterTask: TrainingTask {
         log(String(format: "LLM voken documents: %d distinct prompts (voken states and LM examples) in %.1f s",
                    prompts.count, Date().timeIntervalSince(started)))
         return tables
-    }
-
-    /// The LLM width an adapter expects, when its config states one.
-    static func llmInputWidth(_ adapter: any ConditioningAdapter) -> Int? {
-        guard let json = try? AdapterFactory.configJSON(of: adapter),
-              let object = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else { return nil }
-        return (object["input_dim"] ?? object["llm_dim"]) as? Int
     }
 
     func prompt(_ record: DatasetRecord) -> String { section.promptField == "text" ? record.text : record.prompt }

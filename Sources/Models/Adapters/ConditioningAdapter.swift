@@ -38,6 +38,9 @@ public protocol ConditioningAdapter: Module {
     var requirements: AdapterRequirements { get }
     /// D of the output tokens; must equal the UNet's `cross_attention_dim`.
     var outputWidth: Int { get }
+    /// The width of the LLM hidden states the adapter reads (its `input_dim` or `llm_dim`), nil
+    /// when it reads none; trainers check it against the LLM they load.
+    var llmInputWidth: Int? { get }
     /// The conditioning, [B, L, outputWidth].
     /// - Throws: `AdapterError` naming the missing input or the mis-shaped tensor.
     func conditioning(_ inputs: AdapterInputs) throws -> Tensor

@@ -88,6 +88,7 @@ public final class CrossAdapterModule: Module, ConditioningAdapter {
 
     public var requirements: AdapterRequirements { [.textTokens, .llmHidden] }
     public var outputWidth: Int { config.outputDim }
+    public var llmInputWidth: Int? { config.llmDim }
 
     /// The conditioning [B, Lt + Ll, d] from `textTokens`, `llmHidden` and, when given, `llmMask`.
     /// - Throws: `AdapterError.missingInput` naming the absent input; `.inputShape` naming the

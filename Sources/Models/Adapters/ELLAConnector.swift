@@ -145,6 +145,7 @@ public final class ELLAConnector: Module, ConditioningAdapter {
 
     public var requirements: AdapterRequirements { [.llmHidden, .timesteps] }
     public var outputWidth: Int { config.outputWidth }
+    public var llmInputWidth: Int? { config.inputDim }
 
     /// The conditioning [B, num_latents, outputWidth] from `llmHidden`, `timesteps` and, when
     /// given, `llmMask`.

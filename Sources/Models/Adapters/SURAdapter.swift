@@ -174,6 +174,8 @@ public final class SURAdapter: Module, ConditioningAdapter {
 
     public var requirements: AdapterRequirements { [.textTokens] }
     public var outputWidth: Int { config.outputDim }
+    /// SUR-adapter reads no LLM states as input; `llm_dim` only sizes its distillation projection.
+    public var llmInputWidth: Int? { nil }
 
     /// The conditioning [B, L, d] from `textTokens`.
     /// - Throws: `AdapterError.missingInput` without `textTokens`; `.inputShape` when it is not

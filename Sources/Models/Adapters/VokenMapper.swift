@@ -158,6 +158,7 @@ public final class VokenMapper: Module, ConditioningAdapter {
 
     public var requirements: AdapterRequirements { [.llmHidden] }
     public var outputWidth: Int { config.outputDim }
+    public var llmInputWidth: Int? { config.inputDim }
 
     /// The conditioning [B, num_queries, d] from `inputs.llmHidden`.
     ///
