@@ -178,14 +178,18 @@ final class AdapterTrainProcessTests: XCTestCase {
 
     /// An interrupted adapter run resumed from its checkpoint continues the same loss curve.
     func testAdapterResumeContinuesTheSameLossCurve() throws {
-        let whole = try writeConfig("cross_adapter", output: "whole", steps: 4)
-        XCTAssertEqual(try run("train", ["--config", whole]).status, 0)
-        let parted = try writeConfig("cross_adapter", output: "parted", steps: 4)
-        let first = try run("train", ["--config", parted, "--max-steps", "2"])
-        XCTAssertEqual(first.status, 0, first.output)
-        let second = try run("train", ["--config", parted, "--resume"])
-        XCTAssertEqual(second.status, 0, second.output)
-        XCTAssertEqual(try losses("whole"), try losses("parted"))
+        // SUR-adapter with its encoder-layer dropout on: the masks must repeat after a resume too.
+        let cases = [("cross_adapter", nil as String?), ("sur_adapter", "{depth: 1, heads: 4, dim_feedforward: 64, dropout: 0.3}")]
+        for (type, config) in cases {
+            let whole = try writeConfig(type, output: "whole-\(type)", steps: 4, adapterConfig: config)
+            XCTAssertEqual(try run("train", ["--config", whole]).status, 0)
+            let parted = try writeConfig(type, output: "parted-\(type)", steps: 4, adapterConfig: config)
+            let first = try run("train", ["--config", parted, "--max-steps", "2"])
+            XCTAssertEqual(first.status, 0, first.output)
+            let second = try run("train", ["--config", parted, "--resume"])
+            XCTAssertEqual(second.status, 0, second.output)
+            XCTAssertEqual(try losses("whole-\(type)"), try losses("parted-\(type)"), type)
+        }
     }
 
     /// Two data-parallel ranks under mpirun compute the same global batch as one process: the

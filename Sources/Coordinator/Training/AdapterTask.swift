@@ -250,6 +250,7 @@ public final class AdapterTask: TrainingTask {
 
     public func loss(indices: [Int], generators: inout [SeededGenerator]) throws -> (total: Tensor, parts: [String: Double]) {
         let records = indices.map { dataset.records[$0] }
+        if let first = generators.first { reseedDropout(from: first) }
         // [B, 3, H, W]
         let images = dataset.images(indices)
         var dropped: [Bool] = []
@@ -315,6 +316,20 @@ public final class AdapterTask: TrainingTask {
             }
         }
         return (total, parts)
+    }
+
+    /// Dropout layers inside the adapter (SUR-adapter's encoder layers) own generators that a
+    /// checkpoint does not hold; reseeding them every micro-batch from the first sample's stream
+    /// (which the checkpoint restores) makes a resumed run draw the same masks. `stream` is a
+    /// copy: the sample's own draws are untouched, and the seed is mixed so the masks do not
+    /// repeat its noise.
+    func reseedDropout(from stream: SeededGenerator) {
+        var stream = stream
+        var seeds = SeededGenerator(seed: stream.next() ^ 0x5355_5244_524f_504f)
+        for (_, module) in adapter.namedModules() {
+            if let dropout = module as? Dropout { dropout.generator = SeededGenerator(seed: seeds.next()) }
+            if let attention = module as? MultiHeadAttention { attention.generator = SeededGenerator(seed: seeds.next()) }
+        }
     }
 
     public func samples(step: Int) throws -> TrainingSamples? {
