@@ -13,7 +13,8 @@ public enum InterleavedPart {
 /// MiniGPT-5's interleaved generation: the frozen LLM continues a prompt over the vocabulary
 /// extended with the vokens [IMG0..IMG(V−1)]; when it picks IMG0 the remaining vokens follow
 /// (MiniGPT-5 appends them rather than trusting the model to spell all V), their states become an
-/// image's conditioning through the voken mapper, and text generation resumes after them.
+/// image's conditioning through the voken mapper, and text generation resumes after them (at
+/// least one text token before the next image).
 ///
 /// Scores at each step are [text logits (|T|) | h·Wᵥᵀ (V)] with Wᵥ the trained `VokenLanguageHead`
 /// rows; `LlamaLogitsProcessor` applies the usual repetition penalty, temperature, top-k and top-p
@@ -58,6 +59,7 @@ public final class InterleavedGenerator {
         var pending: [Int] = []
         var history = ids
         var images = 0, produced = 0
+        var justEmitted = false
 
         return try withoutGrad {
             var output = try llm(inputIds: [ids], cache: cache, logits: .lastToken)
@@ -72,7 +74,10 @@ public final class InterleavedGenerator {
                     .reshaped([1, d])
                 var scores = output.logits!.contiguous().scalars
                 let vokenScores = head.logits(last).contiguous().scalars
-                scores += images < maxImages ? vokenScores : [Float](repeating: -.infinity, count: v)
+                // No image right after an image: the state after [IMG(V−1)] still looks like the end
+                // of a picture's description, and would open image after image.
+                let allowed = images < maxImages && !justEmitted
+                scores += allowed ? vokenScores : [Float](repeating: -.infinity, count: v)
                 let next = processor.choose(processor.process(scores, previous: history), rng: &rng)
                 if next >= vocab {
                     // IMG0 (or any voken) opens an image: all V vokens go in, their states are kept.
@@ -81,8 +86,10 @@ public final class InterleavedGenerator {
                     output = try llm(inputsEmbeds: embeds, cache: cache, outputHiddenStates: true, logits: .lastToken)
                     parts.append(.image(vokenStates: output.hiddenStates[encoder.layer].contiguousCopy()))
                     images += 1
+                    justEmitted = true
                     continue
                 }
+                justEmitted = false
                 if eos.contains(next) { break }
                 pending.append(next)
                 history.append(next)
