@@ -34,7 +34,7 @@ struct InterleavedDocument {
         guard let rows = checkpoint.extraTensors["voken_lm_head"] else {
             throw CommandFailure("\(url.path) has no voken_lm_head: it was trained without MiniGPT-5's LM loss; train it with adapter.loss.lm > 0 (configs/voken_mapper.yaml)")
         }
-        let conditioning = try AdapterConditioning.load(checkpoint: url, folder: folder, llm: llmOverride)
+        let conditioning = try AdapterConditioning.load(checkpoint, from: url, folder: folder, llm: llmOverride)
         guard let encoder = conditioning.llm, let vokens = conditioning.vokens else {
             throw CommandFailure("\(url.path): the voken mapper needs its LLM and voken rows")
         }
@@ -44,6 +44,7 @@ struct InterleavedDocument {
 
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let negative = try withoutGrad { try mapper.negativeConditioning(batchSize: 1) }
+        let pipeline = try folder.makePipeline(scheduler: scheduler)
         var markdown = "**\(prompt)**", html = "<p><b>\(Self.escape(prompt))</b>", text = prompt
         var images: [URL] = []
         for part in parts {
@@ -55,8 +56,8 @@ struct InterleavedDocument {
             case .image(let states):
                 let name = "image-\(images.count + 1).png"
                 let c = try withoutGrad { try mapper(states) }
-                let pipeline = try folder.makePipeline(scheduler: scheduler, conditioning: FixedConditioning(c, negative: negative))
-                let result = try pipeline.generate(prompts: [name], seed: seed &+ UInt64(images.count), options: options)
+                let result = try pipeline.generate(conditioning: c, negativeConditioning: negative,
+                                                   seeds: [seed &+ UInt64(images.count)], options: options)
                 let file = directory.appendingPathComponent(name)
                 try result.pngImage(at: 0).write(to: file)
                 images.append(file)
@@ -78,22 +79,4 @@ struct InterleavedDocument {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
             .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
     }
-}
-
-/// Conditioning computed elsewhere (the voken mapper's output for one image), whatever the prompt.
-final class FixedConditioning: ConditioningProvider {
-    let positive: Tensor
-    let negative: Tensor
-
-    /// positive [1, L, D], negative [1, L, D].
-    init(_ positive: Tensor, negative: Tensor) {
-        self.positive = positive
-        self.negative = negative
-    }
-
-    func conditioning(for prompts: [String]) throws -> Tensor {
-        prompts.count == 1 ? positive : Tensor.concat([Tensor](repeating: positive, count: prompts.count), axis: 0)
-    }
-
-    func negativeConditioning() throws -> Tensor { negative }
 }

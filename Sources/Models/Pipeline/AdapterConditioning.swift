@@ -94,7 +94,12 @@ extension AdapterConditioning {
     /// - Throws: `AdapterError` naming the checkpoint and key; `PipelineError.conditioningShape`
     ///   when the adapter's width is not the UNet's `cross_attention_dim`.
     public static func load(checkpoint url: URL, folder: PipelineFolder, llm override: String? = nil) throws -> AdapterConditioning {
-        let checkpoint = try AdapterCheckpoint(contentsOf: url)
+        try load(AdapterCheckpoint(contentsOf: url), from: url, folder: folder, llm: override)
+    }
+
+    /// `load(checkpoint:folder:llm:)` for a checkpoint already read from `url` (named in errors).
+    public static func load(_ checkpoint: AdapterCheckpoint, from url: URL, folder: PipelineFolder,
+                            llm override: String? = nil) throws -> AdapterConditioning {
         let width = folder.unet.config.crossAttentionDim.value(at: 0)
         guard checkpoint.adapter.outputWidth == width else {
             throw PipelineError.conditioningShape(what: "\(url.path): the adapter's output", expected: "\(width)-wide tokens (the UNet's cross_attention_dim)",

@@ -59,7 +59,6 @@ public final class InterleavedGenerator {
         var pending: [Int] = []
         var history = ids
         var images = 0, produced = 0
-        var justEmitted = false
 
         return try withoutGrad {
             var output = try llm(inputIds: [ids], cache: cache, logits: .lastToken)
@@ -76,7 +75,9 @@ public final class InterleavedGenerator {
                 let vokenScores = head.logits(last).contiguous().scalars
                 // No image right after an image: the state after [IMG(V−1)] still looks like the end
                 // of a picture's description, and would open image after image.
-                let allowed = images < maxImages && !justEmitted
+                let afterImage: Bool
+                if case .image? = parts.last, pending.isEmpty { afterImage = true } else { afterImage = false }
+                let allowed = images < maxImages && !afterImage
                 scores += allowed ? vokenScores : [Float](repeating: -.infinity, count: v)
                 let next = processor.choose(processor.process(scores, previous: history), rng: &rng)
                 if next >= vocab {
@@ -86,10 +87,8 @@ public final class InterleavedGenerator {
                     output = try llm(inputsEmbeds: embeds, cache: cache, outputHiddenStates: true, logits: .lastToken)
                     parts.append(.image(vokenStates: output.hiddenStates[encoder.layer].contiguousCopy()))
                     images += 1
-                    justEmitted = true
                     continue
                 }
-                justEmitted = false
                 if eos.contains(next) { break }
                 pending.append(next)
                 history.append(next)
