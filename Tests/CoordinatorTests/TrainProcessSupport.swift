@@ -28,6 +28,14 @@ extension TrainProcessTests {
         return result
     }
 
+    /// Every line of a run folder's metrics.jsonl, in order.
+    static func metrics(inRun directory: String) throws -> [[String: Any]] {
+        let text = try String(contentsOfFile: directory + "/metrics.jsonl", encoding: .utf8)
+        return try text.split(separator: "\n").map { line in
+            try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        }
+    }
+
     static func mpirun() throws -> String {
         for path in ["/usr/bin/mpirun", "/usr/local/bin/mpirun"] where FileManager.default.isExecutableFile(atPath: path) { return path }
         XCTFail("mpirun is not installed: run scripts/setup")

@@ -12,6 +12,7 @@ extension TrainingConfig {
     ///   llm: cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     ///   llm_layer: -1                  # hidden state read: 0 embeddings … N after the final norm; <0 from the end
     ///   llm_max_length: 32             # LLM tokens kept per prompt
+    ///   llm_lora: {rank: 8, alpha: 16, targets: [q_proj, v_proj]}   # optional: train the LLM too
     ///   prompt_field: text             # which prompt the adapter sees: text (simple) or prompt (complex)
     ///   condition_dropout: 0.1         # chance a sample trains the unconditional branch
     ///   config: {heads: 8}             # the adapter's own keys (docs/config.md lists them)
@@ -24,6 +25,9 @@ extension TrainingConfig {
         public var llm: String?
         public var llmLayer = -1
         public var llmMaxLength = 32
+        /// LoRA on the LLM's projections, trained with the adapter (cross_adapter and ella);
+        /// nil keeps the LLM frozen (its features are then computed once).
+        public var llmLoRA: LlamaLoRAConfig?
         public var promptField = "text"
         public var conditionDropout: Double
         /// The adapter's own config keys as a JSON object.
@@ -48,7 +52,7 @@ extension TrainingConfig {
         }
 
         init(_ node: JobYAMLReader, type: AdapterType) throws {
-            try node.rejectUnknownKeys(allowed: ["base_model", "llm", "llm_layer", "llm_max_length", "prompt_field",
+            try node.rejectUnknownKeys(allowed: ["base_model", "llm", "llm_layer", "llm_max_length", "llm_lora", "prompt_field",
                                                  "condition_dropout", "config", "loss", "export"])
             self.type = type
             guard let base = try node.string("base_model") else {
@@ -61,6 +65,23 @@ extension TrainingConfig {
             }
             llmLayer = try node.int("llm_layer", in: -1000...1000) ?? llmLayer
             llmMaxLength = try node.int("llm_max_length", in: 1...8192) ?? llmMaxLength
+            if let lora = try node.mapping("llm_lora") {
+                guard type == .crossAdapter || type == .ella else {
+                    throw node.error("llm_lora", "LoRA on the LLM trains through the LLM states the adapter reads; \(type.rawValue) does not read them as its input (use cross_adapter or ella)")
+                }
+                try lora.rejectUnknownKeys(allowed: ["rank", "alpha", "targets"])
+                var config = LlamaLoRAConfig()
+                config.rank = try lora.int("rank", in: 1...4096) ?? config.rank
+                config.alpha = try lora.double("alpha", in: 1e-6...1e6) ?? config.alpha
+                if let targets = try lora.strings("targets") {
+                    if let bad = targets.first(where: { !LlamaLoRAConfig.allowedTargets.contains($0) }) {
+                        throw lora.error("targets", "'\(bad)' is not a Llama projection; allowed values: \(LlamaLoRAConfig.allowedTargets.joined(separator: ", "))")
+                    }
+                    guard !targets.isEmpty else { throw lora.error("targets", "names no projection") }
+                    config.targets = targets
+                }
+                llmLoRA = config
+            }
             if let field = try node.string("prompt_field") {
                 guard ["text", "prompt"].contains(field) else {
                     throw node.error("prompt_field", "'\(field)' is not allowed; allowed values: text (the simple prompt), prompt (the complex prompt)")

@@ -11,6 +11,8 @@ import Collective
 ///
 /// The text encoder and the LLM are frozen, so each distinct prompt's features are computed
 /// once at start and looked up per batch (`PromptFeatureTable`), SUR-adapter's prompt2vec step.
+/// With `adapter.llm_lora` the LLM carries trainable LoRA and runs, with a graph, in every step
+/// (LLM4GEN's joint training); `PipelinedAdapterTraining` then splits its layers over pp stages.
 public final class AdapterTask: TrainingTask {
     public let type: AdapterType
     public let adapter: any ConditioningAdapter
@@ -24,6 +26,9 @@ public final class AdapterTask: TrainingTask {
     /// The voken mapper's voken states: [V, Dl] each.
     let vokenTable: PromptFeatureTable?
     let llm: LLMPromptEncoder?
+    /// LoRA on the LLM (`adapter.llm_lora`): the LLM then runs in every step, with a graph, and
+    /// its LoRA tensors train with the adapter.
+    public let llmLoRA: LlamaLoRAConfig?
     /// The voken embeddings [V, Dl]: every row the mean of the LLM's input embeddings, as
     /// MiniGPT-5 initialises new vocabulary rows.
     let vokens: Tensor?
@@ -151,6 +156,19 @@ public final class AdapterTask: TrainingTask {
                 vokenTable = try table("LLM voken states", shown) { prompts in try withoutGrad { try llm.vokenStates(prompts, vokens: rows) } }
             }
             llmTable = nil
+        } else if let llm, let lora = section.llmLoRA {
+            vokens = nil
+            vokenTable = nil
+            vokenHead = nil
+            lmTable = nil
+            llmTable = nil
+            do {
+                try LlamaLoRA.apply(lora, to: llm.llm, layers: 0 ..< llm.decoderLayersRun, seed: config.seed)
+            } catch {
+                throw fail("adapter.llm_lora", "\(error)")
+            }
+            let count = LlamaLoRA.tensors(of: llm.llm).reduce(0) { $0 + $1.tensor.count }
+            log("LLM LoRA: rank \(lora.rank), alpha \(lora.alpha), \(lora.targets.joined(separator: "+")) of layers 1…\(llm.decoderLayersRun), \(count) parameters; the LLM runs in every step")
         } else if let llm {
             vokens = nil
             vokenTable = nil
@@ -176,8 +194,11 @@ public final class AdapterTask: TrainingTask {
             lmTable = nil
             llmTable = nil
         }
+        llmLoRA = llm == nil ? nil : section.llmLoRA
         if let mapper = adapter as? VokenMapper, let vokenHead {
             module = VokenMapperWithHead(mapper: mapper, head: vokenHead)
+        } else if let llm, llmLoRA != nil {
+            module = AdapterWithLLMLoRA(adapter: adapter, llm: llm.llm)
         } else {
             module = adapter
         }
@@ -226,13 +247,16 @@ public final class AdapterTask: TrainingTask {
     /// The LLM table's rows for `prompts`, split back into hidden [B, Ll, Dl] and mask [B, Ll]
     /// (the table stores the mask as one extra channel); nil without an LLM table.
     func llmFeatures(_ prompts: [String]) throws -> (hidden: Tensor, mask: Tensor)? {
+        if llmLoRA != nil, let llm { return try llm.encodeKeepingGraph(prompts) }
         guard let llmTable else { return nil }
         let parts = try llmTable.features(prompts).split([llmTable.width - 1, 1], axis: 2)
         return (parts[0].contiguous(), parts[1].squeezed(2).contiguous())
     }
 
     /// The adapter's inputs for a batch; `dropped[b]` gives sample b the unconditional input.
-    func inputs(records: [DatasetRecord], dropped: [Bool]) throws -> AdapterInputs {
+    /// `llmStates`, when given, are the LLM's states of the batch's prompts (a pipeline's last
+    /// stage computed them) instead of the table's or a fresh pass's.
+    func inputs(records: [DatasetRecord], dropped: [Bool], llmStates: (hidden: Tensor, mask: Tensor)? = nil) throws -> AdapterInputs {
         let prompts = zip(records, dropped).map { $1 ? "" : prompt($0) }
         var inputs = AdapterInputs()
         if adapter.requirements.contains(.textTokens), let text { inputs.textTokens = try text.features(prompts) }
@@ -241,21 +265,43 @@ public final class AdapterTask: TrainingTask {
             let states = try vokenTable.features(records.map(prompt))
             let keep = Tensor(shape: [records.count, 1, 1], data: dropped.map { $0 ? 0 : 1 })
             inputs.llmHidden = dropped.contains(true) ? states * keep : states
-        } else if let llm = try llmFeatures(prompts) {
+        } else if let llm = try llmStates ?? llmFeatures(prompts) {
             inputs.llmHidden = llm.hidden
             inputs.llmMask = llm.mask
         }
         return inputs
     }
 
-    public func loss(indices: [Int], generators: inout [SeededGenerator]) throws -> (total: Tensor, parts: [String: Double]) {
+    /// One micro-batch's samples and which of them train the unconditional branch: the first
+    /// draw of every sample's stream, so each pipeline stage can make the same batch.
+    struct PreparedBatch {
+        let indices: [Int]
+        let records: [DatasetRecord]
+        let dropped: [Bool]
+        /// What the adapter's encoders see: the prompt, or "" for a dropped sample.
+        var prompts: [String]
+    }
+
+    func prepare(indices: [Int], generators: inout [SeededGenerator]) -> PreparedBatch {
         let records = indices.map { dataset.records[$0] }
         if let first = generators.first { reseedDropout(from: first) }
-        // [B, 3, H, W]
-        let images = dataset.images(indices)
         var dropped: [Bool] = []
         for b in indices.indices { dropped.append(Double(generators[b].nextUniform()) < section.conditionDropout) }
-        let inputs = try inputs(records: records, dropped: dropped)
+        return PreparedBatch(indices: indices, records: records, dropped: dropped,
+                             prompts: zip(records, dropped).map { $1 ? "" : prompt($0) })
+    }
+
+    public func loss(indices: [Int], generators: inout [SeededGenerator]) throws -> (total: Tensor, parts: [String: Double]) {
+        try loss(prepare(indices: indices, generators: &generators), generators: &generators)
+    }
+
+    /// The loss of a prepared batch; `llmStates` as in `inputs`.
+    func loss(_ batch: PreparedBatch, llmStates: (hidden: Tensor, mask: Tensor)? = nil,
+              generators: inout [SeededGenerator]) throws -> (total: Tensor, parts: [String: Double]) {
+        let records = batch.records, dropped = batch.dropped
+        // [B, 3, H, W]
+        let images = dataset.images(batch.indices)
+        let inputs = try inputs(records: records, dropped: dropped, llmStates: llmStates)
         var parts: [String: Double] = [:]
         var conditioning: Tensor? = nil
         var surOutput: SURAdapterOutput? = nil
@@ -355,7 +401,13 @@ public final class AdapterTask: TrainingTask {
             metadata["llm_layer"] = "\(llm.layer)"
             metadata["llm_max_length"] = "\(llm.maxLength)"
         }
+        if let llmLoRA { metadata["llm_lora"] = try llmLoRA.json() }
         var checkpoint = AdapterCheckpoint(type: type, adapter: adapter, metadata: metadata)
+        if let llm, llmLoRA != nil {
+            for (name, tensor) in LlamaLoRA.tensors(of: llm.llm) {
+                checkpoint.extraTensors[AdapterConditioning.loraPrefix + name] = tensor.contiguousCopy()
+            }
+        }
         if let vokens { checkpoint.extraTensors["vokens"] = vokens }
         if let vokenHead { checkpoint.extraTensors["voken_lm_head"] = vokenHead.weight.contiguousCopy() }
         let url = URL(fileURLWithPath: path)
@@ -373,6 +425,20 @@ final class VokenMapperWithHead: Module {
     init(mapper: VokenMapper, head: VokenLanguageHead) {
         _mapper.wrappedValue = mapper
         _head.wrappedValue = head
+        super.init()
+    }
+}
+
+/// An adapter trained together with LoRA on the LLM: the adapter's parameters keep their own
+/// names, the LLM's are `llm.model.layers.N.…` (its frozen base weights are not trainable, so
+/// training checkpoints hold only the LoRA tensors of it).
+final class AdapterWithLLMLoRA: Module {
+    @ModuleKey("") var adapter: Module
+    var llm: LlamaForCausalLM
+
+    init(adapter: Module, llm: LlamaForCausalLM) {
+        _adapter.wrappedValue = adapter
+        self.llm = llm
         super.init()
     }
 }

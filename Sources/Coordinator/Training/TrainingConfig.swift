@@ -1,6 +1,7 @@
 import Foundation
 import Tensor
 import Models
+import Worker
 import Yams
 
 /// What `train --config FILE` trains, read from YAML and validated key by key.
@@ -74,6 +75,8 @@ public struct TrainingConfig: Sendable {
     public struct TopologySection: Sendable {
         public var dp = 1
         public var pp = 1
+        /// The micro-batch order through the stages when the LLM trains (LoRA) with pp > 1.
+        public var schedule = PipelineSchedule.Kind.oneForwardOneBackward
     }
 
     public struct BaseSection: Sendable {
@@ -158,9 +161,10 @@ public struct TrainingConfig: Sendable {
             checkpoint.sampleEvery = try node.int("sample_every", in: 0...100_000_000).flatMap { $0 == 0 ? nil : $0 }
         }
         if let node = try root.mapping("topology") {
-            try node.rejectUnknownKeys(allowed: ["dp", "pp"])
+            try node.rejectUnknownKeys(allowed: ["dp", "pp", "schedule"])
             topology.dp = try node.int("dp", in: 1...4096) ?? 1
             topology.pp = try node.int("pp", in: 1...4096) ?? 1
+            topology.schedule = try node.choice("schedule", PipelineSchedule.Kind.self) ?? topology.schedule
         }
         if let type = task.adapterType {
             guard let node = try root.mapping("adapter") else {

@@ -90,8 +90,9 @@ public final class TrainingRun {
     public func run() throws -> Double {
         // The trained module (base UNet or adapter) is replicated on every rank: with pp > 1 the
         // pipeline stages split the frozen LLM's feature pass, and all dp × pp ranks then train
-        // data-parallel.
-        let rank = communicator.rank, dp = communicator.size
+        // data-parallel. With LoRA on the LLM and pp > 1 the stages split every step instead
+        // (`PipelinedAdapterTraining`), and only the dp replicas take different samples.
+        let rank = communicator.rank
         let log = outputs.log
         log("train: task \(config.task.rawValue), \(communicator.size) rank(s) (dp \(config.topology.dp), pp \(config.topology.pp)), config \(config.file)")
         let dataset = try agree("reading the dataset") { () throws -> ImageTextDataset in
@@ -118,10 +119,24 @@ public final class TrainingRun {
         let optimizer = try AdamW(parameters: parameters, learningRate: config.optim.learningRate,
                                   weightDecay: config.optim.weightDecay, exemptFromWeightDecay: AdamW.exemptBiasesAndNorms)
         let ema = try config.optim.emaDecay.map { try ExponentialMovingAverage(parameters: parameters, decay: $0) }
-        let replica = try DataParallelReplica(parameters: parameters, communicator: communicator,
-                                              options: DataParallelOptions(stallTimeout: options.stallTimeout))
-        if options.timeline != nil { replica.timeline = Timeline(rank: rank) }
-        try replica.broadcastParameters(from: 0)
+        let parallelOptions = DataParallelOptions(stallTimeout: options.stallTimeout)
+        let pipelined: PipelinedAdapterTraining? = try agree("building the LLM pipeline") {
+            guard let adapterTask = task as? AdapterTask, adapterTask.llmLoRA != nil, let groups else { return nil }
+            return try PipelinedAdapterTraining(task: adapterTask, groups: groups, parameters: parameters,
+                                                options: parallelOptions, file: config.file, log: log)
+        }
+        // Every rank built the same initial weights from the seed; the broadcast makes sure.
+        let replica = try pipelined?.replica
+            ?? DataParallelReplica(parameters: parameters, communicator: communicator, options: parallelOptions)
+        if options.timeline != nil {
+            replica.timeline = Timeline(rank: rank)
+            pipelined?.stage.timeline = replica.timeline
+        }
+        if pipelined == nil { try replica.broadcastParameters(from: 0) }
+        // Samples are split over the data-parallel replicas: every rank, or with a pipelined LLM
+        // the dp replicas (the stages of one replica see the same samples).
+        let dp = pipelined == nil ? communicator.size : config.topology.dp
+        let dataRank = pipelined == nil ? rank : groups!.dpRank
 
         var startStep = 0
         if options.resume {
@@ -130,8 +145,8 @@ public final class TrainingRun {
         }
         let totalSteps = min(options.maxSteps ?? config.optim.steps, config.optim.steps)
         let accumulation = config.optim.gradientAccumulation
-        let perMicro = config.optim.batchSize / (dp * accumulation)
-        let sampler = try DistributedSampler(datasetSize: dataset.count, replicas: dp, rank: rank % dp, seed: config.seed)
+        let perMicro = config.optim.batchSize / (communicator.size * accumulation)
+        let sampler = try DistributedSampler(datasetSize: dataset.count, replicas: dp, rank: dataRank, seed: config.seed)
         var epochCache: (epoch: Int, indices: [Int]) = (-1, [])
         func index(at position: Int) -> Int {
             let epoch = position / sampler.samplesPerReplica
@@ -149,13 +164,28 @@ public final class TrainingRun {
         while step < totalSteps {
             optimizer.learningRate = schedule.learningRate(base: config.optim.learningRate, atStep: step)
             var parts: [String: Double] = [:]
-            let report = try replica.step(microBatches: accumulation, optimizer: optimizer, maxGradientNorm: config.optim.maxGradNorm) { k in
-                let first = (step * accumulation + k) * perMicro
-                let positions = Array(first ..< first + perMicro)
-                var generators = positions.map { SeededGenerator.stream(seed: config.seed, index: $0 * dp + rank % dp) }
-                let (loss, lossParts) = try task.loss(indices: positions.map(index(at:)), generators: &generators)
-                for (key, value) in lossParts { parts[key, default: 0] += value / Double(accumulation) }
-                return loss
+            let report: (loss: Double, gradientNorm: Float?)
+            if let pipelined {
+                // pp × A micro-batches of perMicro samples per replica.
+                let m = config.topology.pp * accumulation
+                let result = try pipelined.step(microBatches: m, kind: config.topology.schedule, optimizer: optimizer,
+                                                maxGradientNorm: config.optim.maxGradNorm) { k in
+                    let first = (step * m + k) * perMicro
+                    let positions = Array(first ..< first + perMicro)
+                    return (positions.map(index(at:)), positions.map { SeededGenerator.stream(seed: config.seed, index: $0 * dp + dataRank) })
+                }
+                parts = result.parts
+                report = (result.loss, result.gradientNorm)
+            } else {
+                let result = try replica.step(microBatches: accumulation, optimizer: optimizer, maxGradientNorm: config.optim.maxGradNorm) { k in
+                    let first = (step * accumulation + k) * perMicro
+                    let positions = Array(first ..< first + perMicro)
+                    var generators = positions.map { SeededGenerator.stream(seed: config.seed, index: $0 * dp + dataRank) }
+                    let (loss, lossParts) = try task.loss(indices: positions.map(index(at:)), generators: &generators)
+                    for (key, value) in lossParts { parts[key, default: 0] += value / Double(accumulation) }
+                    return loss
+                }
+                report = (result.loss, result.gradientNorm)
             }
             ema?.update()
             step += 1
@@ -172,10 +202,15 @@ public final class TrainingRun {
                 bar?.update(step - startStep, status: String(format: "loss %.4f (avg %.4f) lr %.2e", report.loss, smoothed!, optimizer.learningRate))
             }
             let checkpointDue = step % config.checkpoint.every == 0 || step == totalSteps
+            let samplesDue = config.checkpoint.sampleEvery.map { step % $0 == 0 || step == totalSteps } ?? false
+            if checkpointDue || samplesDue || step == totalSteps {
+                // Checkpoints, samples and the export read every stage's tensors.
+                try pipelined?.synchronize(optimizer: optimizer, ema: ema)
+            }
             if checkpointDue {
                 try saveCheckpoint(step: step, task: task, optimizer: optimizer, ema: ema)
             }
-            if let every = config.checkpoint.sampleEvery, step % every == 0 || step == totalSteps {
+            if samplesDue {
                 // Every rank draws the (identical) samples, so none waits at the next collective
                 // longer than its timeout while rank 0 alone samples; only rank 0 writes them.
                 try agree("drawing samples") { try writeSamples(step: step, task: task, parameters: parameters, ema: ema) }
@@ -211,7 +246,8 @@ public final class TrainingRun {
                      "schedule=\(config.diffusion.scheduler.betaSchedule.rawValue),\(config.diffusion.scheduler.numTrainTimesteps),\(config.diffusion.scheduler.predictionType.rawValue)"]
         if let base = config.base { parts.append("unet=\(base.unet)|encoder=\(base.textEncoder)|\(base.maxLength)") }
         if let adapter = config.adapter {
-            parts.append("adapter=\(adapter.type.rawValue)|\(String(decoding: adapter.configJSON, as: UTF8.self))|base=\(adapter.baseModel)|llm=\(adapter.llm ?? "")|\(adapter.llmLayer)|\(adapter.llmMaxLength)|\(adapter.promptField)")
+            parts.append("adapter=\(adapter.type.rawValue)|\(String(decoding: adapter.configJSON, as: UTF8.self))|base=\(adapter.baseModel)|llm=\(adapter.llm ?? "")|\(adapter.llmLayer)|\(adapter.llmMaxLength)|\(adapter.promptField)"
+                         + (adapter.llmLoRA.map { "|lora=\($0.rank),\($0.alpha),\($0.targets.joined(separator: "+"))" } ?? ""))
         }
         return parts.joined(separator: ";")
     }

@@ -112,9 +112,34 @@ extension AdapterConditioning {
             }
             let layer = Int(checkpoint.metadata["llm_layer"] ?? "") ?? -1
             let length = Int(checkpoint.metadata["llm_max_length"] ?? "") ?? 32
-            encoder = try LLMPromptEncoder(model: URL(fileURLWithPath: path), layer: layer, maxLength: length)
+            let llm = try LLMPromptEncoder(model: URL(fileURLWithPath: path), layer: layer, maxLength: length)
+            try applyLoRA(of: checkpoint, from: url, to: llm)
+            encoder = llm
         }
         return try AdapterConditioning(type: checkpoint.type, adapter: checkpoint.adapter, textEncoder: folder.textConditioning,
                                        llm: encoder, vokens: checkpoint.extraTensors["vokens"])
     }
 }
+
+extension AdapterConditioning {
+    /// The prefix of the LLM's LoRA tensors among a checkpoint's extra tensors.
+    public static let loraPrefix = "llm_lora."
+
+    /// Puts the checkpoint's LLM LoRA (metadata `llm_lora`, tensors `llm_lora.model.layers.N.…`)
+    /// on `llm`, when the adapter was trained with one.
+    /// - Throws: `LlamaError.invalidInput` naming the metadata key or tensor at fault.
+    static func applyLoRA(of checkpoint: AdapterCheckpoint, from url: URL, to llm: LLMPromptEncoder) throws {
+        let tensors = checkpoint.extraTensors.filter { $0.key.hasPrefix(loraPrefix) }
+        guard let json = checkpoint.metadata["llm_lora"] else {
+            if let stray = tensors.keys.sorted().first {
+                throw LlamaError.invalidInput(name: stray, message: "\(url.path) has LoRA tensors but no llm_lora metadata to say how they apply")
+            }
+            return
+        }
+        let config = try LlamaLoRAConfig(json: json)
+        try LlamaLoRA.apply(config, to: llm.llm, layers: 0 ..< llm.decoderLayersRun, seed: 0)
+        let named = Dictionary(uniqueKeysWithValues: tensors.map { (String($0.key.dropFirst(loraPrefix.count)), $0.value) })
+        try LlamaLoRA.load(named, into: llm.llm, source: url.path)
+    }
+}
+

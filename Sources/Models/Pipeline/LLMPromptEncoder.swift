@@ -50,6 +50,9 @@ public final class LLMPromptEncoder {
         self.source = source
     }
 
+    /// How many decoder layers a forward pass runs to reach `layer` (the layers LoRA can act on).
+    public var decoderLayersRun: Int { min(layer, llm.config.numHiddenLayers) }
+
     /// D, the LLM's hidden size.
     public var width: Int { llm.config.hiddenSize }
 
@@ -123,6 +126,33 @@ public final class LLMPromptEncoder {
             for j in 0..<row.count { mask[b * maxLength + j] = 1 }
         }
         return (hidden, Tensor(shape: [count, maxLength], data: mask))
+    }
+
+    /// `pack` that keeps the graph, so gradients reach the states (and the LLM's LoRA through
+    /// them): states · mask [B, longest, 1], then zero rows up to maxLength. Equal to `pack`'s
+    /// values (a padded position is x·0 instead of 0).
+    public func packKeepingGraph(_ states: Tensor, batch: TokenizedBatch) -> (hidden: Tensor, mask: Tensor) {
+        let d = width, count = batch.rows.count, longest = batch.longest
+        var keep = [Float](repeating: 0, count: count * longest)
+        var mask = [Float](repeating: 0, count: count * maxLength)
+        for (b, row) in batch.rows.enumerated() {
+            for j in 0..<row.count {
+                keep[b * longest + j] = 1
+                mask[b * maxLength + j] = 1
+            }
+        }
+        var hidden = states * Tensor(shape: [count, longest, 1], data: keep)       // [B, longest, D]
+        if longest < maxLength {
+            hidden = Tensor.concat([hidden, Tensor(zeros: [count, maxLength - longest, d])], axis: 1)  // [B, maxLength, D]
+        }
+        return (hidden, Tensor(shape: [count, maxLength], data: mask))
+    }
+
+    /// hidden [B, maxLength, D] and mask [B, maxLength] with the graph kept: what `encode`
+    /// computes, for training the LLM's LoRA.
+    public func encodeKeepingGraph(_ prompts: [String]) throws -> (hidden: Tensor, mask: Tensor) {
+        let batch = try tokenize(prompts)
+        return packKeepingGraph(layers(0..<layer, try embeddings(batch), batch: batch), batch: batch)
     }
 
     /// MiniGPT-5's voken states: each prompt followed by the voken embeddings `vokens` [V, D]
