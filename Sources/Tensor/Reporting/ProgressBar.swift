@@ -7,7 +7,8 @@ public final class ProgressBar {
     public let total: Int
     public let label: String
     public let unit: String
-    private let start = BenchmarkTimer.now()
+    /// When the bar was made (BenchmarkTimer seconds); rates count from here.
+    public let start = BenchmarkTimer.now()
     private var lastDraw: Double = -1
     private let interactive: Bool
     private let plainInterval: Double
@@ -35,18 +36,24 @@ public final class ProgressBar {
     /// The line for `done` units at time `now` (exposed for tests).
     public func render(_ done: Int, status: String, now: Double) -> String {
         let elapsed = Swift.max(now - start, 1e-9)
+        // Units done in the first instants (a cache hit, a resumed count) say nothing of the pace:
+        // until a second has passed an unfinished bar shows no rate rather than millions per second.
+        let measured = done >= total || elapsed >= ProgressBar.minimumRateSeconds
         let rate = Double(done) / elapsed
-        let remaining = rate > 0 ? Double(total - done) / rate : .infinity
+        let remaining = measured && rate > 0 ? Double(total - done) / rate : .infinity
         let fraction = Swift.min(1, Double(done) / Double(total))
         let width = 24
         let filled = Int(fraction * Double(width))
         let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-        let text = "\(label) [\(bar)] \(done)/\(total) \(String(format: "%.2f", rate)) \(unit)/s"
+        let text = "\(label) [\(bar)] \(done)/\(total) \(measured ? String(format: "%.2f", rate) : "?") \(unit)/s"
             + " elapsed \(ProgressBar.clock(elapsed)) eta \(ProgressBar.clock(remaining))"
             + (status.isEmpty ? "" : " \(status)")
         if interactive { return "\r" + text + (done >= total ? "\n" : "") }
         return text + "\n"
     }
+
+    /// Seconds before an unfinished bar reports a rate and an ETA.
+    public static let minimumRateSeconds = 1.0
 
     /// h:mm:ss or m:ss.
     public static func clock(_ seconds: Double) -> String {
