@@ -1,4 +1,5 @@
 import Foundation
+import Tensor
 
 /// Files of the Sura repository that commands use at run time (peer scripts, fixture configs),
 /// found from the working directory or from where the `sura` executable sits
@@ -113,8 +114,10 @@ struct PeerBenchmark {
         var data = Data()
     }
 
-    /// `OPENBLAS_CORETYPE=…` as this process sees it, for benchmark headers.
-    static var openBLASCoreType: String {
-        "OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "(unset)")"
+    /// `OPENBLAS_CORETYPE=…` as this process sees it, the kernels OpenBLAS chose and the cores, for
+    /// benchmark headers.
+    /// With the generic-kernel warning on a second line when OpenBLAS did not recognise the CPU.
+    static func kernelHeader(cores: Int) -> String {
+        "\(BLASKernels.summary)  cores=\(cores)" + (BLASKernels.fallbackWarning().map { "\n" + $0 } ?? "")
     }
 }

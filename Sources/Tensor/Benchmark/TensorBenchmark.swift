@@ -14,8 +14,8 @@ public enum TensorBenchmark {
         let all = ProcessInfo.processInfo.activeProcessorCount
         let counts = threadCounts ?? Array(Set([1, all])).sorted()
         var out: [String] = []
-        let env = ProcessInfo.processInfo.environment
-        out.append("OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)")  cores=\(all)")
+        out.append("\(BLASKernels.summary)  cores=\(all)")
+        if let warning = BLASKernels.fallbackWarning() { out.append(warning) }
 
         var mm = TextTable(header: ["matmul n", "threads", "sgemm GFLOP/s", "Tensor GFLOP/s", "ratio"])
         for threads in counts {
