@@ -49,6 +49,12 @@ extension AdapterTrainProcessTests {
             }
         }
         XCTAssertGreaterThan(try XCTUnwrap(a[0]["grad_norm"] as? Double), 0.01, "the clip must act for the test to cover it")
+        XCTAssertNil(a[0]["pipeline_idle"], "one process has no pipeline")
+        for line in b {
+            let idle = try XCTUnwrap(line["pipeline_idle"] as? [Double], "pp = 2 reports each stage's idle share")
+            XCTAssertEqual(idle.count, 2)
+            XCTAssertTrue(idle.allSatisfy { $0 >= 0 && $0 < 1 }, "\(idle)")
+        }
 
         let p = try exported("lora1"), q = try exported("lora2")
         XCTAssertEqual(p.keys.sorted(), q.keys.sorted())

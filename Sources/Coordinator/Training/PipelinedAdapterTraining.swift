@@ -85,6 +85,9 @@ final class PipelinedAdapterTraining {
         var loss: Double
         var parts: [String: Double]
         var gradientNorm: Float?
+        /// Per stage: 1 − busy/wall, averaged over the dp replicas (bubble, communication and
+        /// imbalance: a stage with less work than the others idles while they finish).
+        var stageIdle: [Double] = []
     }
 
     /// One optimizer step over `microBatches` micro-batches; `samples(k)` gives micro-batch k's
@@ -117,14 +120,21 @@ final class PipelinedAdapterTraining {
         // The loss lives on the last stages: sum their replica means over the world.
         let keys = Self.partNames
         let dp = Double(groups.dataParallel.size)
-        var values = [Double](repeating: 0, count: 1 + keys.count)
+        // Then per stage s its busy and wall seconds (slots 1 + keys + 2s, + 1), replica means.
+        let stages = groups.pipeline.size
+        var values = [Double](repeating: 0, count: 1 + keys.count + 2 * stages)
         if stage.isLast {
             values[0] = result.losses.reduce(0) { $0 + Double($1) } / dp
             for (i, key) in keys.enumerated() { values[1 + i] = (parts[key] ?? 0) / dp }
         }
+        values[1 + keys.count + 2 * groups.ppRank] = result.busySeconds / dp
+        values[2 + keys.count + 2 * groups.ppRank] = result.seconds / dp
         try groups.world.allreduce(&values, op: .sum)
         var report = StepReport(loss: values[0], parts: [:], gradientNorm: norm)
         for (i, key) in keys.enumerated() where stage.isLast ? parts[key] != nil : true { report.parts[key] = values[1 + i] }
+        let walls = (0 ..< stages).map { values[2 + keys.count + 2 * $0] }
+        let makespan = walls.max() ?? 0
+        report.stageIdle = (0 ..< stages).map { makespan > 0 ? max(0, 1 - values[1 + keys.count + 2 * $0] / makespan) : 0 }
         return report
     }
 

@@ -167,6 +167,7 @@ public final class TrainingRun {
             optimizer.learningRate = schedule.learningRate(base: config.optim.learningRate, atStep: step)
             var parts: [String: Double] = [:]
             let report: (loss: Double, gradientNorm: Float?)
+            var stageIdle: [Double] = []
             if let pipelined {
                 // pp × A micro-batches of perMicro samples per replica.
                 let m = config.topology.pp * accumulation
@@ -177,6 +178,7 @@ public final class TrainingRun {
                     return (positions.map(index(at:)), positions.map { SeededGenerator.stream(seed: config.seed, index: $0 * dp + dataRank) })
                 }
                 parts = result.parts
+                stageIdle = result.stageIdle
                 report = (result.loss, result.gradientNorm)
             } else {
                 let result = try replica.step(microBatches: accumulation, optimizer: optimizer, maxGradientNorm: config.optim.maxGradNorm) { k in
@@ -200,6 +202,7 @@ public final class TrainingRun {
                                            "samples_per_s": Double((step - startStep) * config.optim.batchSize) / max(elapsed, 1e-9)]
                 if let norm = report.gradientNorm { line["grad_norm"] = Double(norm) }
                 for (key, value) in parts { line["loss_\(key)"] = value }
+                if !stageIdle.isEmpty { line["pipeline_idle"] = stageIdle.map { ($0 * 1000).rounded() / 1000 } }
                 outputs.metric(line)
                 bar?.update(step - startStep, status: String(format: "loss %.4f (avg %.4f) lr %.2e", report.loss, smoothed!, optimizer.learningRate))
             }
