@@ -8,9 +8,10 @@ import XCTest
 extension AdapterTrainProcessTests {
     static let lora = "llm_lora: {rank: 2, alpha: 4, targets: [q_proj, v_proj]}"
 
-    func loraConfig(_ output: String, steps: Int, pp: Int = 1, dp: Int = 1, batch: Int = 4) throws -> String {
+    func loraConfig(_ output: String, steps: Int, pp: Int = 1, dp: Int = 1, batch: Int = 4, partition: String? = nil) throws -> String {
         let path = try writeConfig("cross_adapter", output: output, steps: steps, dp: dp, pp: pp)
         let text = try String(contentsOfFile: path, encoding: .utf8)
+            .replacingOccurrences(of: "pp: \(pp)}", with: "pp: \(pp)" + (partition.map { ", partition: \($0)" } ?? "") + "}")
             .replacingOccurrences(of: "  llm_max_length: 16", with: "  llm_max_length: 16\n  \(Self.lora)")
             .replacingOccurrences(of: "batch_size: 4}", with: "batch_size: \(batch), max_grad_norm: 0.01}")
         try text.write(toFile: path, atomically: true, encoding: .utf8)
@@ -75,6 +76,14 @@ extension AdapterTrainProcessTests {
         XCTAssertEqual(resumed.status, 0, resumed.output)
         XCTAssertEqual(try losses("lora2"), try losses("lora2-parted"), "a resumed pipelined run continues the same curve")
 
+        // A hand-made cut moves layers between the stages, not the math.
+        let cut = try mpi(2, try loraConfig("lora2-cut", steps: 2, pp: 2, partition: "[18, 12]"))
+        XCTAssertEqual(cut.status, 0, cut.output)
+        XCTAssertTrue(cut.output.contains("LLM LoRA pipeline: layers 1…18 | 19…30 over 2 stages"), cut.output)
+        let balanced = try losses("lora2"), handCut = try losses("lora2-cut")
+        XCTAssertEqual(handCut.count, 2)
+        for (step, loss) in handCut { XCTAssertEqual(loss, try XCTUnwrap(balanced[step]), accuracy: 1e-5 * max(1, abs(loss))) }
+
         let generated = try run("sura", ["generate", "--model", path("base"), "--adapter", path("lora2.safetensors"),
                                          "--prompt", "a red shoe", "--steps", "2", "--output", path("lora2-images")])
         XCTAssertEqual(generated.status, 0, generated.output)
@@ -89,10 +98,16 @@ extension AdapterTrainProcessTests {
         let target = try loraConfig("lora-target", steps: 1)
         try String(contentsOfFile: target, encoding: .utf8).replacingOccurrences(of: "v_proj]", with: "w_proj]")
             .write(toFile: target, atomically: true, encoding: .utf8)
-        for (config, key, detail) in [(sur, "adapter.llm_lora", "sur_adapter"), (target, "adapter.llm_lora.targets", "w_proj")] {
+        for (config, key, detail) in [(sur, "adapter.llm_lora", "sur_adapter"), (target, "adapter.llm_lora.targets", "w_proj"),
+                                      (try loraConfig("lora-cut-length", steps: 1, pp: 2, partition: "[30]"), "topology.partition", "1 stage(s) but topology.pp is 2"),
+                                      (try loraConfig("lora-cut-word", steps: 1, pp: 2, partition: "even"), "topology.partition", "'even' is not allowed")] {
             let result = try run("train", ["--config", config])
             XCTAssertNotEqual(result.status, 0, result.output)
             XCTAssertTrue(result.output.contains(key) && result.output.contains(detail), "expected '\(key)' and '\(detail)' in:\n\(result.output)")
         }
+        // The counts must add up to the LLM's layers, which only the loaded LLM knows: every rank stops.
+        let sum = try mpi(2, try loraConfig("lora-cut-sum", steps: 1, pp: 2, partition: "[10, 10]"))
+        XCTAssertNotEqual(sum.status, 0, sum.output)
+        XCTAssertTrue(sum.output.contains("topology.partition") && sum.output.contains("add up to 20, but there are 30 layers"), sum.output)
     }
 }

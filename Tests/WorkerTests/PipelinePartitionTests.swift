@@ -63,6 +63,21 @@ final class PipelinePartitionTests: XCTestCase {
         XCTAssertEqual(try PipelinePartition.uniform(costs: [4, 1, 1, 4], stages: 2).stageCosts, [5, 5])
     }
 
+    func testCounts() throws {
+        let cut = try PipelinePartition.counts([3, 1, 2], costs: [1, 2, 3, 4, 5, 6])
+        XCTAssertEqual(cut.stages, [0 ..< 3, 3 ..< 4, 4 ..< 6])
+        XCTAssertEqual(cut.stageCosts, [6, 4, 11])
+        XCTAssertThrowsError(try PipelinePartition.counts([2, 2], costs: [1, 1, 1])) {
+            XCTAssertTrue("\($0)".contains("add up to 4, but there are 3 layers"), "\($0)")
+        }
+        XCTAssertThrowsError(try PipelinePartition.counts([3, 0], costs: [1, 1, 1])) {
+            XCTAssertTrue("\($0)".contains("stage 1 has 0 layers"), "\($0)")
+        }
+        XCTAssertThrowsError(try PipelinePartition.counts([1, 1, 1, 1], costs: [1, 1, 1])) {
+            XCTAssertEqual($0 as? PipelineError, .moreStagesThanLayers(stages: 4, layers: 3))
+        }
+    }
+
     func testErrors() {
         XCTAssertThrowsError(try PipelinePartition.balanced(costs: [1, 2], stages: 3)) {
             XCTAssertEqual($0 as? PipelineError, .moreStagesThanLayers(stages: 3, layers: 2))

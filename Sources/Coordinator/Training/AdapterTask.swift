@@ -177,7 +177,8 @@ public final class AdapterTask: TrainingTask {
             let started = Date()
             if let pipeline, pipeline.size > 1 {
                 llmTable = try PipelinedLLMFeatures.table(prompts: PromptFeatureTable.distinct(shown + [""]), encoder: llm,
-                                                          communicator: pipeline, chunk: Self.llmChunk, file: config.file, log: log)
+                                                          communicator: pipeline, chunk: Self.llmChunk, topology: config.topology,
+                                                          file: config.file, log: log)
             } else {
                 llmTable = try table("LLM layer \(llm.layer)", shown + [""]) { prompts in
                     let (hidden, mask) = try llm.encode(prompts)

@@ -6,8 +6,8 @@ import Collective
 import Worker
 
 /// Adapter training with LoRA on an LLM split over pipeline stages (`adapter.llm_lora` with
-/// `topology.pp` > 1). Stage s runs its share of the decoder layers (balanced by parameter
-/// count) with their LoRA; the last stage also runs the adapter and the diffusion loss. Each
+/// `topology.pp` > 1). Stage s runs its share of the decoder layers (cut by
+/// `topology.partition`, balanced by parameter count unless told) with their LoRA; the last stage also runs the adapter and the diffusion loss. Each
 /// step's micro-batches flow by `topology.schedule` (1F1B by default): activations forward and
 /// their gradients back by send/receive, then every stage's gradients are averaged over its dp
 /// group (bucketed, during the stage's last backward), clipped by the norm over all stages, and
@@ -40,7 +40,7 @@ final class PipelinedAdapterTraining {
 
     /// - Throws: `TrainingError.config` naming `topology.pp` when the stages outnumber the
     ///   decoder layers the adapter reads; the communicator's errors naming the dead rank.
-    init(task: AdapterTask, groups: TopologyGroups, parameters: [(name: String, tensor: Tensor)],
+    init(task: AdapterTask, groups: TopologyGroups, topology: TrainingConfig.TopologySection, parameters: [(name: String, tensor: Tensor)],
          options: DataParallelOptions, file: String, log: (String) -> Void) throws {
         guard let encoder = task.llm else {
             throw TrainingError.config(file: file, key: "adapter.llm_lora", message: "needs adapter.llm")
@@ -56,7 +56,7 @@ final class PipelinedAdapterTraining {
                                        message: "\(stages) pipeline stages but the LLM runs only \(depth) decoder layer(s) up to adapter.llm_layer; use pp ≤ \(max(depth, 1))")
         }
         let costs = encoder.llm.model.layers.prefix(depth).map { layer in layer.parameters().reduce(0) { $0 + $1.count } }
-        let partition = try PipelinePartition.balanced(costs: costs, stages: stages)
+        let partition = try topology.partition(costs: costs, file: file)
         let layers = partition.stages[groups.ppRank]
         self.layers = layers
         let isLast = groups.ppRank == stages - 1

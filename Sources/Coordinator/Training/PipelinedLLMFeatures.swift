@@ -21,7 +21,7 @@ enum PipelinedLLMFeatures {
     /// - Throws: `TrainingError.config` naming `topology.pp` when the stages outnumber the
     ///   layers to split; the communicator's errors (a dead stage) naming the rank.
     static func table(prompts: [String], encoder: LLMPromptEncoder, communicator: Communicator, chunk: Int,
-                      file: String, log: (String) -> Void) throws -> PromptFeatureTable {
+                      topology: TrainingConfig.TopologySection, file: String, log: (String) -> Void) throws -> PromptFeatureTable {
         let stages = communicator.size, stage = communicator.rank
         let depth = encoder.layer
         guard depth >= stages else {
@@ -29,7 +29,9 @@ enum PipelinedLLMFeatures {
                                        message: "\(stages) pipeline stages but the LLM runs only \(depth) decoder layer(s) up to adapter.llm_layer; use pp ≤ \(max(depth, 1))")
         }
         let costs = encoder.llm.model.layers.prefix(depth).map { layer in layer.parameters().reduce(0) { $0 + $1.count } }
-        let partition = try PipelinePartition.balanced(costs: costs, stages: stages)
+        var cut = topology
+        cut.pp = stages
+        let partition = try cut.partition(costs: costs, file: file)
         let range = partition.stages[stage]
         log("LLM pipeline: layers \(partition.stages.map { "\($0.lowerBound + 1)…\($0.upperBound)" }.joined(separator: " | ")) over \(stages) stages")
 

@@ -77,6 +77,32 @@ public struct TrainingConfig: Sendable {
         public var pp = 1
         /// The micro-batch order through the stages when the LLM trains (LoRA) with pp > 1.
         public var schedule = PipelineSchedule.Kind.oneForwardOneBackward
+        /// How the LLM's decoder layers are cut into the pp stages (`topology.partition`).
+        public var partition = Partition.balanced
+
+        public enum Partition: Sendable, Equatable {
+            /// By parameter count, minimising the largest stage (optimal min-max).
+            case balanced
+            /// Equal layer counts.
+            case uniform
+            /// These layer counts, stage by stage.
+            case layers([Int])
+        }
+
+        /// The cut of layers with these costs (parameter counts) into the `pp` stages.
+        /// - Throws: `TrainingError.config` naming `topology.partition` or `topology.pp`.
+        func partition(costs: [Int], file: String) throws -> PipelinePartition {
+            do {
+                switch partition {
+                case .balanced: return try PipelinePartition.balanced(costs: costs, stages: pp)
+                case .uniform: return try PipelinePartition.uniform(costs: costs, stages: pp)
+                case let .layers(counts): return try PipelinePartition.counts(counts, costs: costs)
+                }
+            } catch let error as Worker.PipelineError {
+                let key = { if case .layers = partition { return "topology.partition" } else { return "topology.pp" } }()
+                throw TrainingError.config(file: file, key: key, message: "\(error)")
+            }
+        }
     }
 
     public struct BaseSection: Sendable {
@@ -161,10 +187,11 @@ public struct TrainingConfig: Sendable {
             checkpoint.sampleEvery = try node.int("sample_every", in: 0...100_000_000).flatMap { $0 == 0 ? nil : $0 }
         }
         if let node = try root.mapping("topology") {
-            try node.rejectUnknownKeys(allowed: ["dp", "pp", "schedule"])
+            try node.rejectUnknownKeys(allowed: ["dp", "pp", "schedule", "partition"])
             topology.dp = try node.int("dp", in: 1...4096) ?? 1
             topology.pp = try node.int("pp", in: 1...4096) ?? 1
             topology.schedule = try node.choice("schedule", PipelineSchedule.Kind.self) ?? topology.schedule
+            topology.partition = try TrainingConfig.readPartition(node, pp: topology.pp)
         }
         if let type = task.adapterType {
             guard let node = try root.mapping("adapter") else {
@@ -199,6 +226,30 @@ public struct TrainingConfig: Sendable {
         }
         if topology.pp > 1, let adapter, adapter.llm == nil {
             throw root.error("topology", "pp = \(topology.pp), but there is no adapter.llm to split over pipeline stages; use pp: 1")
+        }
+    }
+
+    /// `topology.partition`: `balanced`, `uniform`, or a list of `pp` layer counts ([18, 12]).
+    /// Whether the counts add up to the LLM's layers is checked when the LLM is loaded.
+    static func readPartition(_ node: JobYAMLReader, pp: Int) throws -> TopologySection.Partition {
+        guard node.has("partition") else { return .balanced }
+        if let items = try? node.strings("partition") {
+            let counts = try items.enumerated().map { index, text in
+                guard let count = Int(text), count >= 1 else {
+                    throw node.error("partition", "item \(index + 1) is '\(text)'; expected a layer count ≥ 1 per stage")
+                }
+                return count
+            }
+            guard counts.count == pp else {
+                throw node.error("partition", "lists \(counts.count) stage(s) but topology.pp is \(pp); give one layer count per stage")
+            }
+            return .layers(counts)
+        }
+        switch try node.string("partition") {
+        case "balanced": return .balanced
+        case "uniform": return .uniform
+        case let other:
+            throw node.error("partition", "'\(other ?? "")' is not allowed; use balanced, uniform or a list of layer counts per stage such as [18, 12]")
         }
     }
 

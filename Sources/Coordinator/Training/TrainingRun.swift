@@ -124,7 +124,7 @@ public final class TrainingRun {
         let parallelOptions = DataParallelOptions(stallTimeout: options.stallTimeout)
         let pipelined: PipelinedAdapterTraining? = try agree("building the LLM pipeline") {
             guard let adapterTask = task as? AdapterTask, adapterTask.llmLoRA != nil, let groups else { return nil }
-            return try PipelinedAdapterTraining(task: adapterTask, groups: groups, parameters: parameters,
+            return try PipelinedAdapterTraining(task: adapterTask, groups: groups, topology: config.topology, parameters: parameters,
                                                 options: parallelOptions, file: config.file, log: log)
         }
         // Every rank built the same initial weights from the seed; the broadcast makes sure.

@@ -36,7 +36,8 @@ public enum PipelineError: Error, CustomStringConvertible, Equatable {
 ///
 /// `balanced` minimises the largest stage cost (the pipeline's throughput is set by its slowest
 /// stage): a dynamic programme over (stages used, layers covered), O(p·L²), exact for any costs.
-/// `uniform` gives every stage ⌊L/p⌋ or ⌈L/p⌉ layers, the larger stages first.
+/// `uniform` gives every stage ⌊L/p⌋ or ⌈L/p⌉ layers, the larger stages first; `counts` takes
+/// the layer count of each stage as given.
 public struct PipelinePartition: Equatable, Sendable {
     /// Layer index range of each stage, contiguous and covering 0 ..< L in order.
     public let stages: [Range<Int>]
@@ -100,6 +101,27 @@ public struct PipelinePartition: Equatable, Sendable {
             let size = n / p + (s < n % p ? 1 : 0)
             bounds.append(start ..< start + size)
             start += size
+        }
+        return PipelinePartition(stages: bounds, stageCosts: bounds.map { costs[$0].reduce(0, +) })
+    }
+
+    /// The given number of layers per stage, in order (a hand-made cut: for instance fewer layers
+    /// on a last stage that also runs the loss).
+    /// - Throws: `.invalid` when a count is below 1 or the counts do not add up to the layers.
+    public static func counts(_ counts: [Int], costs: [Int]) throws -> PipelinePartition {
+        try validate(costs: costs, stages: counts.count)
+        if let bad = counts.firstIndex(where: { $0 < 1 }) {
+            throw PipelineError.invalid("stage \(bad) has \(counts[bad]) layers; every stage needs at least one")
+        }
+        let total = counts.reduce(0, +)
+        guard total == costs.count else {
+            throw PipelineError.invalid("the stages' layer counts \(counts) add up to \(total), but there are \(costs.count) layers to split")
+        }
+        var bounds: [Range<Int>] = []
+        var start = 0
+        for count in counts {
+            bounds.append(start ..< start + count)
+            start += count
         }
         return PipelinePartition(stages: bounds, stageCosts: bounds.map { costs[$0].reduce(0, +) })
     }
