@@ -105,6 +105,17 @@ final class TrainProcessTests: XCTestCase {
             for (x, y) in zip(tensor.scalars, q.parameters[name]!.scalars) { worst = max(worst, abs(x - y)) }
         }
         XCTAssertLessThan(worst, 1e-4, "largest parameter difference after 3 steps")
+
+        // Sura's ring in place of MPI's allreduce: the same training, summed in its own order.
+        let ringConfig = try writeConfig("ring.yaml", output: "ring", dp: 2, steps: 3, every: 3)
+        try String(contentsOfFile: ringConfig, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 1, allreduce: ring}")
+            .write(toFile: ringConfig, atomically: true, encoding: .utf8)
+        let ring = try run(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", ringConfig], timeout: 300)
+        XCTAssertEqual(ring.status, 0, ring.output)
+        XCTAssertTrue(ring.output.contains("by the ring allreduce"), ring.output)
+        XCTAssertTrue(two.output.contains("by the native allreduce"), two.output)
+        let c = try losses("ring")
+        for step in 1...3 { XCTAssertEqual(c[step]!, b[step]!, accuracy: 1e-4 * abs(b[step]!), "ring, step \(step)") }
     }
 
     func testKillDuringCheckpointWritesNeverBreakTheLatestCheckpoint() throws {
@@ -155,7 +166,11 @@ final class TrainProcessTests: XCTestCase {
         try String(contentsOfFile: odd, encoding: .utf8)
             .replacingOccurrences(of: "batch_size: 3", with: "batch_size: 3, gradient_accumulation: 2")
             .write(toFile: odd, atomically: true, encoding: .utf8)
+        let tree = try writeConfig("allreduce.yaml", output: "x")
+        try String(contentsOfFile: tree, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 1, allreduce: tree}")
+            .write(toFile: tree, atomically: true, encoding: .utf8)
         let cases: [(String, [String])] = [
+            (tree, ["topology.allreduce", "'tree' is not allowed", "native, ring"]),
             (try writeConfig("unknown.yaml", output: "x", extra: "optimiser: {}"), ["optimiser", "unknown key", ":10:"]),
             (task.path, ["task", "dreambooth", "allowed values: base"]),
             (try writeConfig("topology.yaml", output: "x", dp: 2), ["topology", "dp × pp", "1 rank"]),

@@ -77,6 +77,8 @@ public struct TrainingConfig: Sendable {
         public var pp = 1
         /// The micro-batch order through the stages when the LLM trains (LoRA) with pp > 1.
         public var schedule = PipelineSchedule.Kind.oneForwardOneBackward
+        /// How gradient buckets are averaged over the dp replicas (`topology.allreduce`).
+        public var allreduce = AllreduceAlgorithm.native
         /// How the LLM's decoder layers are cut into the pp stages (`topology.partition`).
         public var partition = Partition.balanced
 
@@ -187,7 +189,8 @@ public struct TrainingConfig: Sendable {
             checkpoint.sampleEvery = try node.int("sample_every", in: 0...100_000_000).flatMap { $0 == 0 ? nil : $0 }
         }
         if let node = try root.mapping("topology") {
-            try node.rejectUnknownKeys(allowed: ["dp", "pp", "schedule", "partition"])
+            try node.rejectUnknownKeys(allowed: ["dp", "pp", "schedule", "partition", "allreduce"])
+            topology.allreduce = try node.choice("allreduce", AllreduceAlgorithm.self) ?? topology.allreduce
             topology.dp = try node.int("dp", in: 1...4096) ?? 1
             topology.pp = try node.int("pp", in: 1...4096) ?? 1
             topology.schedule = try node.choice("schedule", PipelineSchedule.Kind.self) ?? topology.schedule

@@ -121,7 +121,8 @@ public final class TrainingRun {
         let optimizer = try AdamW(parameters: parameters, learningRate: config.optim.learningRate,
                                   weightDecay: config.optim.weightDecay, exemptFromWeightDecay: AdamW.exemptBiasesAndNorms)
         let ema = try config.optim.emaDecay.map { try ExponentialMovingAverage(parameters: parameters, decay: $0) }
-        let parallelOptions = DataParallelOptions(stallTimeout: options.stallTimeout)
+        let parallelOptions = DataParallelOptions(buckets: GradientBucketOptions(algorithm: config.topology.allreduce),
+                                                  stallTimeout: options.stallTimeout)
         let pipelined: PipelinedAdapterTraining? = try agree("building the LLM pipeline") {
             guard let adapterTask = task as? AdapterTask, adapterTask.llmLoRA != nil, let groups else { return nil }
             return try PipelinedAdapterTraining(task: adapterTask, groups: groups, topology: config.topology, parameters: parameters,
@@ -139,6 +140,9 @@ public final class TrainingRun {
         // the dp replicas (the stages of one replica see the same samples).
         let dp = pipelined == nil ? communicator.size : config.topology.dp
         let dataRank = pipelined == nil ? rank : groups!.dpRank
+        if dp > 1 {
+            log("data parallel: \(dp) replicas, gradients averaged in \(replica.buckets.layout.buckets.count) bucket(s) by the \(config.topology.allreduce.rawValue) allreduce")
+        }
 
         var startStep = 0
         if options.resume {
