@@ -21,6 +21,12 @@ public enum BLASKernels {
         return "OPENBLAS_CORETYPE=\(requested) (OpenBLAS kernels: \(coreName))"
     }
 
+    /// The header line of a benchmark: `summary` and the core count, with `fallbackWarning` on a
+    /// second line when there is one.
+    public static func header(cores: Int) -> String {
+        "\(summary)  cores=\(cores)" + (fallbackWarning().map { "\n" + $0 } ?? "")
+    }
+
     /// The flags of the first CPU in /proc/cpuinfo (empty where there is no such file).
     public static func cpuFlags(cpuinfo: String? = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) -> Set<String> {
         guard let cpuinfo else { return [] }

@@ -92,7 +92,7 @@ struct LLMBenchCommand: ParsableCommand {
                            peerRate.map { String(format: "%.3f", rate / $0) } ?? "-"])
             }
         }
-        var lines = [PeerBenchmark.kernelHeader(cores: cores),
+        var lines = [BLASKernels.header(cores: cores),
                      "model=\(modelURL.path)",
                      "layers=\(c.numHiddenLayers) hidden=\(c.hiddenSize) vocab=\(c.vocabSize) (weights dequantised to float32 in Sura)",
                      "prefill: \(batch) prompts x \(tokens) tokens, best of \(repeats); decode: \(decode) greedy tokens after 8",

@@ -1,5 +1,4 @@
 import Foundation
-import Tensor
 
 /// Files of the Sura repository that commands use at run time (peer scripts, fixture configs),
 /// found from the working directory or from where the `sura` executable sits
@@ -112,12 +111,5 @@ struct PeerBenchmark {
     /// One pipe's bytes, written by its reader before `group.wait()` returns and read only after.
     private final class CollectedOutput: @unchecked Sendable {
         var data = Data()
-    }
-
-    /// `OPENBLAS_CORETYPE=…` as this process sees it, the kernels OpenBLAS chose and the cores, for
-    /// benchmark headers.
-    /// With the generic-kernel warning on a second line when OpenBLAS did not recognise the CPU.
-    static func kernelHeader(cores: Int) -> String {
-        "\(BLASKernels.summary)  cores=\(cores)" + (BLASKernels.fallbackWarning().map { "\n" + $0 } ?? "")
     }
 }

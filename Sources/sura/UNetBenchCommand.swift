@@ -78,7 +78,7 @@ struct UNetBenchCommand: ParsableCommand {
                            peerMs.map { String(format: "%.3f", ms / $0) } ?? "-"])
             }
         }
-        var lines = [PeerBenchmark.kernelHeader(cores: cores),
+        var lines = [BLASKernels.header(cores: cores),
                      "config=\(configURL.path)",
                      "batch=\(batch) sample=\(unetConfig.inChannels)x\(height)x\(width) tokens=\(tokens)x\(unetConfig.crossAttentionDim.value(at: 0)) "
                         + "parameters=\(parameters) repeats=\(repeats) (best of)",

@@ -73,12 +73,11 @@ extension TrainingConfig {
                 var config = LlamaLoRAConfig()
                 config.rank = try lora.int("rank", in: 1...4096) ?? config.rank
                 config.alpha = try lora.double("alpha", in: 1e-6...1e6) ?? config.alpha
-                if let targets = try lora.strings("targets") {
-                    if let bad = targets.first(where: { !LlamaLoRAConfig.allowedTargets.contains($0) }) {
-                        throw lora.error("targets", "'\(bad)' is not a Llama projection; allowed values: \(LlamaLoRAConfig.allowedTargets.joined(separator: ", "))")
-                    }
-                    guard !targets.isEmpty else { throw lora.error("targets", "names no projection") }
-                    config.targets = targets
+                config.targets = try lora.strings("targets") ?? config.targets
+                do {
+                    try config.validate()
+                } catch let LlamaError.invalidInput(name, message) {
+                    throw lora.error(name, message)
                 }
                 llmLoRA = config
             }

@@ -50,12 +50,7 @@ final class PipelinedAdapterTraining {
         self.encoder = encoder
         all = parameters
         let stages = groups.pipeline.size
-        let depth = encoder.decoderLayersRun
-        guard depth >= stages else {
-            throw TrainingError.config(file: file, key: "topology.pp",
-                                       message: "\(stages) pipeline stages but the LLM runs only \(depth) decoder layer(s) up to adapter.llm_layer; use pp ≤ \(max(depth, 1))")
-        }
-        let costs = encoder.llm.model.layers.prefix(depth).map { layer in layer.parameters().reduce(0) { $0 + $1.count } }
+        let costs = encoder.llm.model.layers.prefix(encoder.decoderLayersRun).map { layer in layer.parameters().reduce(0) { $0 + $1.count } }
         let partition = try topology.partition(costs: costs, file: file)
         let layers = partition.stages[groups.ppRank]
         self.layers = layers
@@ -145,17 +140,9 @@ final class PipelinedAdapterTraining {
     /// `maxNorm` (clip_grad_norm_ over the whole model): ‖g‖² summed over the pipeline group.
     private func clip(_ maxNorm: Float?) throws -> Float? {
         guard let maxNorm else { return nil }
-        let grads = owned.compactMap { $0.tensor.grad }
-        let local = Double(globalNorm(grads))
-        let total = Float(try groups.pipeline.allreduce(local * local, op: .sum).squareRoot())
-        guard total.isFinite else { return total }
-        let coef = min(maxNorm / (total + Float(1e-6)), 1)
-        if coef < 1 {
-            withoutGrad {
-                for p in owned { if let g = p.tensor.grad { p.tensor.grad = (g * coef).contiguousCopy() } }
-            }
+        return try clipGradientNorm(owned, maxNorm: maxNorm) { local in
+            Float(try groups.pipeline.allreduce(Double(local) * Double(local), op: .sum).squareRoot())
         }
-        return total
     }
 
     /// Copies every trainable tensor, its AdamW state and its EMA shadow from the stage that

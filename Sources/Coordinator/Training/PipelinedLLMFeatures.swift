@@ -23,15 +23,9 @@ enum PipelinedLLMFeatures {
     static func table(prompts: [String], encoder: LLMPromptEncoder, communicator: Communicator, chunk: Int,
                       topology: TrainingConfig.TopologySection, file: String, log: (String) -> Void) throws -> PromptFeatureTable {
         let stages = communicator.size, stage = communicator.rank
-        let depth = encoder.layer
-        guard depth >= stages else {
-            throw TrainingError.config(file: file, key: "topology.pp",
-                                       message: "\(stages) pipeline stages but the LLM runs only \(depth) decoder layer(s) up to adapter.llm_layer; use pp ≤ \(max(depth, 1))")
-        }
-        let costs = encoder.llm.model.layers.prefix(depth).map { layer in layer.parameters().reduce(0) { $0 + $1.count } }
-        var cut = topology
-        cut.pp = stages
-        let partition = try cut.partition(costs: costs, file: file)
+        // The pipeline group has topology.pp ranks, one stage each.
+        let costs = encoder.llm.model.layers.prefix(encoder.decoderLayersRun).map { layer in layer.parameters().reduce(0) { $0 + $1.count } }
+        let partition = try topology.partition(costs: costs, file: file)
         let range = partition.stages[stage]
         log("LLM pipeline: layers \(partition.stages.map { "\($0.lowerBound + 1)…\($0.upperBound)" }.joined(separator: " | ")) over \(stages) stages")
 

@@ -91,9 +91,15 @@ public struct TrainingConfig: Sendable {
             case layers([Int])
         }
 
-        /// The cut of layers with these costs (parameter counts) into the `pp` stages.
-        /// - Throws: `TrainingError.config` naming `topology.partition` or `topology.pp`.
+        /// The cut of the LLM's decoder layers with these costs (parameter counts, up to
+        /// `adapter.llm_layer`) into the `pp` stages.
+        /// - Throws: `TrainingError.config` naming `topology.pp` (more stages than layers) or
+        ///   `topology.partition` (counts that do not fit).
         func partition(costs: [Int], file: String) throws -> PipelinePartition {
+            guard costs.count >= pp else {
+                throw TrainingError.config(file: file, key: "topology.pp",
+                                           message: "\(pp) pipeline stages but the LLM runs only \(costs.count) decoder layer(s) up to adapter.llm_layer; use pp ≤ \(max(costs.count, 1))")
+            }
             do {
                 switch partition {
                 case .balanced: return try PipelinePartition.balanced(costs: costs, stages: pp)

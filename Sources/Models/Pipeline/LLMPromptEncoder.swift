@@ -118,14 +118,21 @@ public final class LLMPromptEncoder {
         let d = width, count = batch.rows.count, longest = batch.longest
         let source = states.contiguousCopy()
         let hidden = Tensor(zeros: [count, maxLength, d])
-        var mask = [Float](repeating: 0, count: count * maxLength)
         for (b, row) in batch.rows.enumerated() {
             // Real tokens only: padded positions stay zero whatever the LLM computed there.
             (hidden.storage.pointer + b * maxLength * d)
                 .update(from: source.storage.pointer + b * longest * d, count: row.count * d)
-            for j in 0..<row.count { mask[b * maxLength + j] = 1 }
         }
-        return (hidden, Tensor(shape: [count, maxLength], data: mask))
+        return (hidden, Tensor(shape: [count, maxLength], data: Self.tokenMask(batch, length: maxLength)))
+    }
+
+    /// 1 at each row's real tokens and 0 after them, rows `length` wide: [B · length].
+    private static func tokenMask(_ batch: TokenizedBatch, length: Int) -> [Float] {
+        var mask = [Float](repeating: 0, count: batch.rows.count * length)
+        for (b, row) in batch.rows.enumerated() {
+            for j in 0..<row.count { mask[b * length + j] = 1 }
+        }
+        return mask
     }
 
     /// `pack` that keeps the graph, so gradients reach the states (and the LLM's LoRA through
@@ -133,19 +140,12 @@ public final class LLMPromptEncoder {
     /// values (a padded position is x·0 instead of 0).
     public func packKeepingGraph(_ states: Tensor, batch: TokenizedBatch) -> (hidden: Tensor, mask: Tensor) {
         let d = width, count = batch.rows.count, longest = batch.longest
-        var keep = [Float](repeating: 0, count: count * longest)
-        var mask = [Float](repeating: 0, count: count * maxLength)
-        for (b, row) in batch.rows.enumerated() {
-            for j in 0..<row.count {
-                keep[b * longest + j] = 1
-                mask[b * maxLength + j] = 1
-            }
-        }
-        var hidden = states * Tensor(shape: [count, longest, 1], data: keep)       // [B, longest, D]
+        let keep = Tensor(shape: [count, longest, 1], data: Self.tokenMask(batch, length: longest))
+        var hidden = states * keep                                                  // [B, longest, D]
         if longest < maxLength {
             hidden = Tensor.concat([hidden, Tensor(zeros: [count, maxLength - longest, d])], axis: 1)  // [B, maxLength, D]
         }
-        return (hidden, Tensor(shape: [count, maxLength], data: mask))
+        return (hidden, Tensor(shape: [count, maxLength], data: Self.tokenMask(batch, length: maxLength)))
     }
 
     /// hidden [B, maxLength, D] and mask [B, maxLength] with the graph kept: what `encode`

@@ -14,8 +14,7 @@ public enum TensorBenchmark {
         let all = ProcessInfo.processInfo.activeProcessorCount
         let counts = threadCounts ?? Array(Set([1, all])).sorted()
         var out: [String] = []
-        out.append("\(BLASKernels.summary)  cores=\(all)")
-        if let warning = BLASKernels.fallbackWarning() { out.append(warning) }
+        out.append(BLASKernels.header(cores: all))
 
         var mm = TextTable(header: ["matmul n", "threads", "sgemm GFLOP/s", "Tensor GFLOP/s", "ratio"])
         for threads in counts {

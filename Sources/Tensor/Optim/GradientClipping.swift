@@ -23,15 +23,26 @@ public func globalNorm(_ tensors: [Tensor]) -> Float {
 /// is NaN or infinite the gradients are left untouched and the non-finite norm is returned, so
 /// the caller can skip the step (PyTorch would instead write NaN or zero into every gradient).
 /// A gradient object shared by several parameters is scaled once.
+///
+/// `totalNorm` turns the norm of these gradients into the norm the clip uses: the identity for a
+/// whole model, or √(Σ over ranks of norm²) when the model's gradients are spread over the stages
+/// of a pipeline (every rank must then call it, as it is a collective).
 @discardableResult
 public func clipGradientNorm(_ parameters: [Tensor], maxNorm: Float) -> Float {
+    clipGradientNorm(parameters, maxNorm: maxNorm, totalNorm: { $0 })
+}
+
+/// `clipGradientNorm` with `totalNorm` as described there.
+@discardableResult
+public func clipGradientNorm(_ parameters: [Tensor], maxNorm: Float,
+                             totalNorm: (Float) throws -> Float) rethrows -> Float {
     var seen = Set<ObjectIdentifier>()
     var grads: [Tensor] = []
     for p in parameters {
         guard let g = p.grad, seen.insert(ObjectIdentifier(g)).inserted else { continue }
         grads.append(g)
     }
-    let total = globalNorm(grads)
+    let total = try totalNorm(globalNorm(grads))
     guard total.isFinite else { return total }
     // float32 arithmetic, as PyTorch does it on the 0-d norm tensor.
     let coef = Swift.min(maxNorm / (total + Float(1e-6)), 1)
@@ -61,7 +72,14 @@ public func clipGradientNorm(_ parameters: [Tensor], maxNorm: Float) -> Float {
 /// `clipGradientNorm` over named parameters (the names are not used).
 @discardableResult
 public func clipGradientNorm(_ parameters: [(name: String, tensor: Tensor)], maxNorm: Float) -> Float {
-    clipGradientNorm(parameters.map(\.tensor), maxNorm: maxNorm)
+    clipGradientNorm(parameters.map(\.tensor), maxNorm: maxNorm, totalNorm: { $0 })
+}
+
+/// `clipGradientNorm` over named parameters with `totalNorm`.
+@discardableResult
+public func clipGradientNorm(_ parameters: [(name: String, tensor: Tensor)], maxNorm: Float,
+                             totalNorm: (Float) throws -> Float) rethrows -> Float {
+    try clipGradientNorm(parameters.map(\.tensor), maxNorm: maxNorm, totalNorm: totalNorm)
 }
 
 /// ‖t‖₂, summed in double over fixed 64K-element blocks so the result does not depend on the

@@ -95,14 +95,7 @@ public struct PipelinePartition: Equatable, Sendable {
     public static func uniform(costs: [Int], stages p: Int) throws -> PipelinePartition {
         try validate(costs: costs, stages: p)
         let n = costs.count
-        var bounds: [Range<Int>] = []
-        var start = 0
-        for s in 0 ..< p {
-            let size = n / p + (s < n % p ? 1 : 0)
-            bounds.append(start ..< start + size)
-            start += size
-        }
-        return PipelinePartition(stages: bounds, stageCosts: bounds.map { costs[$0].reduce(0, +) })
+        return try counts((0 ..< p).map { n / p + ($0 < n % p ? 1 : 0) }, costs: costs)
     }
 
     /// The given number of layers per stage, in order (a hand-made cut: for instance fewer layers
