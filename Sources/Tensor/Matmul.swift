@@ -1,6 +1,4 @@
-import COpenBLAS
-
-// Matrix multiplication on cblas_sgemm. Transposed views are passed to BLAS as transposed
+// Matrix multiplication on cblas_sgemm (through `parallelSgemm`). Transposed views are passed to BLAS as transposed
 // operands without copying; only layouts BLAS cannot describe are made contiguous first.
 
 /// How one matrix operand is handed to sgemm.
@@ -30,26 +28,26 @@ func sgemm(_ a: UnsafePointer<Float>, _ opA: GemmOperand, _ b: UnsafePointer<Flo
            _ c: UnsafeMutablePointer<Float>, m: Int, n: Int, k: Int, beta: Float = 0) {
     if m == 1 && n > 1 && k > 0 {
         // c[n] = Bᵀ·a. a's k elements sit at stride 1 (row) or lda (stored as a column).
-        let incA = opA.transpose ? opA.ld : 1
+        let incA = opA.transpose ? Int(opA.ld) : 1
         if opB.transpose {  // B stored as [n, k]
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, b, opB.ld, a, incA, beta, c, 1)
+            parallelSgemv(transpose: false, rows: n, cols: k, b, ld: Int(opB.ld), a, incX: incA, beta: beta, c)
         } else {            // B stored as [k, n]
-            cblas_sgemv(CblasRowMajor, CblasTrans, Int32(k), Int32(n), 1, b, opB.ld, a, incA, beta, c, 1)
+            parallelSgemv(transpose: true, rows: k, cols: n, b, ld: Int(opB.ld), a, incX: incA, beta: beta, c)
         }
         return
     }
     if n == 1 && m > 1 && k > 0 {
         // c[m] = A·b. b's k elements sit at stride ldb (stored as a column) or 1 (stored as a row).
-        let incB = opB.transpose ? 1 : opB.ld
+        let incB = opB.transpose ? 1 : Int(opB.ld)
         if opA.transpose {  // A stored as [k, m]
-            cblas_sgemv(CblasRowMajor, CblasTrans, Int32(k), Int32(m), 1, a, opA.ld, b, incB, beta, c, 1)
+            parallelSgemv(transpose: true, rows: k, cols: m, a, ld: Int(opA.ld), b, incX: incB, beta: beta, c)
         } else {            // A stored as [m, k]
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(m), Int32(k), 1, a, opA.ld, b, incB, beta, c, 1)
+            parallelSgemv(transpose: false, rows: m, cols: k, a, ld: Int(opA.ld), b, incX: incB, beta: beta, c)
         }
         return
     }
-    cblas_sgemm(CblasRowMajor, opA.transpose ? CblasTrans : CblasNoTrans, opB.transpose ? CblasTrans : CblasNoTrans,
-                Int32(m), Int32(n), Int32(k), 1, a, opA.ld, b, opB.ld, beta, c, Int32(n))
+    parallelSgemm(transA: opA.transpose, transB: opB.transpose, m: m, n: n, k: k,
+                  a, lda: Int(opA.ld), b, ldb: Int(opB.ld), beta: beta, c, ldc: n)
 }
 
 extension Tensor {

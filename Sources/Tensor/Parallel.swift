@@ -1,24 +1,24 @@
 import COpenBLAS
 import Foundation
 
-/// The one thread setting for Sura: it drives both OpenBLAS and Sura's own parallel loops.
+/// The one thread setting for Sura's parallel loops and its GEMMs.
 ///
 /// Set it from `--threads` or the `SURA_THREADS` environment variable; it defaults to the
-/// number of active processors.
+/// number of active processors. OpenBLAS itself is kept on one thread: `parallelSgemm` splits
+/// each call over these threads instead (see ParallelGemm.swift for why).
 public enum Threads {
     nonisolated(unsafe) private static var current: Int = {
         let fromEnv = ProcessInfo.processInfo.environment["SURA_THREADS"].flatMap { Int($0) }
         let n = max(1, fromEnv ?? ProcessInfo.processInfo.activeProcessorCount)
-        openblas_set_num_threads(Int32(n))
+        openblas_set_num_threads(1)
         return n
     }()
 
-    /// Number of threads used by BLAS and by `parallelFor`.
+    /// Number of threads used by `parallelFor` and `parallelSgemm`.
     public static var count: Int {
         get { current }
         set {
             current = max(1, newValue)
-            openblas_set_num_threads(Int32(current))
         }
     }
 }
@@ -26,6 +26,7 @@ public enum Threads {
 /// Runs `body(start, end)` over `0..<total` split into at most `Threads.count` contiguous chunks.
 ///
 /// Work smaller than `grain` items per chunk runs inline, so tiny tensors pay no dispatch cost.
+/// The chunks run on `SpinningThreadPool`; a call made inside another parallel region runs inline.
 @inline(__always)
 public func parallelFor(_ total: Int, grain: Int = 32_768, _ body: (Int, Int) -> Void) {
     let threads = Threads.count
@@ -36,11 +37,9 @@ public func parallelFor(_ total: Int, grain: Int = 32_768, _ body: (Int, Int) ->
         return
     }
     let per = (total + chunks - 1) / chunks
-    withoutActuallyEscaping(body) { body in
-        DispatchQueue.concurrentPerform(iterations: chunks) { c in
-            let start = c * per
-            let end = min(total, start + per)
-            if start < end { body(start, end) }
-        }
+    SpinningThreadPool.shared.run(chunks: chunks, threads: threads) { c in
+        let start = c * per
+        let end = min(total, start + per)
+        if start < end { body(start, end) }
     }
 }

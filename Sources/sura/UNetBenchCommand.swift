@@ -25,6 +25,9 @@ struct UNetBenchCommand: ParsableCommand {
     @Option(help: "Timed repetitions per measurement (the best one counts), after one warm-up.")
     var repeats: Int = 10
 
+    @Option(help: "Thread counts to measure, comma separated (default: 1 and all cores).")
+    var threads: String?
+
     @Option(help: "Python interpreter with torch and diffusers for the peer.")
     var peerPython: String = "python3"
 
@@ -53,7 +56,14 @@ struct UNetBenchCommand: ParsableCommand {
         let sizes = unetConfig.sampleSize?.values ?? [32]
         let height = sizes[0], width = sizes.count > 1 ? sizes[1] : sizes[0]
         let cores = ProcessInfo.processInfo.activeProcessorCount
-        let threadCounts = cores > 1 ? [1, cores] : [1]
+        var threadCounts = cores > 1 ? [1, cores] : [1]
+        if let threads {
+            let parsed = threads.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard !parsed.isEmpty, parsed.allSatisfy({ ($0 ?? 0) >= 1 }) else {
+                throw ValidationError("--threads must be positive integers separated by commas, got '\(threads)'")
+            }
+            threadCounts = parsed.map { $0! }
+        }
         let peer = PeerBenchmark(python: peerPython, script: Self.peerScript)
 
         var table = TextTable(header: ["threads", "pass", "Sura ms", "PyTorch ms", "Sura/PyTorch"])

@@ -24,10 +24,14 @@ public enum TensorBenchmark {
                 let a = Tensor.randn([n, n], using: &rng), b = Tensor.randn([n, n], using: &rng)
                 let c = Tensor(zeros: [n, n])
                 let flops = 2 * Double(n) * Double(n) * Double(n)
+                // The peer is OpenBLAS threading its own call; Sura keeps OpenBLAS on one thread
+                // and splits the call itself (ParallelGemm.swift).
+                openblas_set_num_threads(Int32(threads))
                 let raw = BenchmarkTimer.best(minSeconds: minSeconds) {
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1,
                                 a.pointer, Int32(n), b.pointer, Int32(n), 0, c.pointer, Int32(n))
                 }
+                openblas_set_num_threads(1)
                 let tensor = BenchmarkTimer.best(minSeconds: minSeconds) { _ = withoutGrad { a.matmul(b) } }
                 let row = ["\(n)", "\(threads)", fmt(flops / raw / 1e9), fmt(flops / tensor / 1e9), fmt(raw / tensor, 3)]
                 mm.add(row)

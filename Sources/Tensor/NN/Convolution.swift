@@ -1,5 +1,3 @@
-import COpenBLAS
-
 // 2-D convolution as im2col + sgemm (the standard CPU lowering).
 //
 // The work is cut into tiles: several whole samples when their columns fit a 4 MB budget
@@ -62,36 +60,43 @@ struct ConvGeometry {
     }
 
     /// Unfolds a tile of `x` [N, C, H, W] into `col` [C·kh·kw, T].
+    ///
+    /// Index arithmetic is wrapping (`&*`, `&+`): every index is bounded by the tensor sizes
+    /// checked in `conv2d`, and the overflow checks otherwise cost more than the copying for
+    /// the short rows of small feature maps.
     func im2col(_ x: UnsafePointer<Float>, _ t: ConvTile, into col: UnsafeMutablePointer<Float>) {
-        let ld = columns(t), span = t.rows * wo, nb = t.nb
-        let sampleSize = c * inputPlane
-        parallelFor(colRows * nb, grain: Swift.max(1, 16_384 / Swift.max(span, 1))) { s, e in
+        let ld = columns(t), span = t.rows &* wo, nb = t.nb
+        let sampleSize = c &* inputPlane, kernelArea = kh &* kw
+        let (h, w, wo, sh, sw, ph, dh) = (h, w, wo, sh, sw, ph, dh)
+        parallelFor(colRows &* nb, grain: Swift.max(1, 16_384 / Swift.max(span, 1))) { s, e in
             for idx in s..<e {
                 let r = idx / nb, j = idx % nb
-                let ch = r / (kh * kw), ki = (r / kw) % kh, kj = r % kw
-                let src = x + (t.n0 + j) * sampleSize + ch * inputPlane
-                let dst = col + r * ld + j * span
-                let iw0 = kj * dw - pw
+                let ch = r / kernelArea, ki = (r / kw) % kh, kj = r % kw
+                let src = x + ((t.n0 &+ j) &* sampleSize &+ ch &* inputPlane)
+                var drow = col + (r &* ld &+ j &* span)
+                let iw0 = kj &* dw &- pw
                 // Output columns whose input column lies inside the image (stride-1 fast path).
-                let lo = Swift.min(Swift.max(-iw0, 0), wo), hi = Swift.max(Swift.min(w - iw0, wo), lo)
-                for oh in t.oh0..<t.oh1 {
-                    let ih = oh * sh - ph + ki * dh
-                    let drow = dst + (oh - t.oh0) * wo
+                let lo = Swift.min(Swift.max(-iw0, 0), wo), hi = Swift.max(Swift.min(w &- iw0, wo), lo)
+                var ih = t.oh0 &* sh &- ph &+ ki &* dh
+                for _ in t.oh0..<t.oh1 {
+                    defer { drow += wo; ih &+= sh }
                     if ih < 0 || ih >= h {
-                        for ow in 0..<wo { drow[ow] = 0 }
+                        drow.update(repeating: 0, count: wo)
                         continue
                     }
-                    let srow = src + ih * w
+                    let srow = src + ih &* w
                     if sw == 1 {
                         // Plain loops: rows are short (Wo), where a memmove call costs more than the copy.
-                        for ow in 0..<lo { drow[ow] = 0 }
+                        var ow = 0
+                        while ow < lo { drow[ow] = 0; ow &+= 1 }
                         let shifted = srow + iw0
-                        for ow in lo..<hi { drow[ow] = shifted[ow] }
-                        for ow in hi..<wo { drow[ow] = 0 }
+                        while ow < hi { drow[ow] = shifted[ow]; ow &+= 1 }
+                        while ow < wo { drow[ow] = 0; ow &+= 1 }
                     } else {
+                        var iw = iw0
                         for ow in 0..<wo {
-                            let iw = ow * sw + iw0
                             drow[ow] = (iw >= 0 && iw < w) ? srow[iw] : 0
+                            iw &+= sw
                         }
                     }
                 }
@@ -154,8 +159,7 @@ struct ConvGeometry {
 func convGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
               _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
               beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) {
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    parallelSgemm(transA: transA, transB: transB, m: m, n: n, k: k, a, lda: lda, b, ldb: ldb, beta: beta, c, ldc: ldc)
 }
 
 extension Tensor {
@@ -188,7 +192,8 @@ extension Tensor {
                                groups: groups, ho: ho, wo: wo)
         let x = contiguousValues()                 // [N, C, H, W]
         let wt = weight.contiguousValues()         // [O, Kg] as a matrix
-        let out = Tensor(zeros: [geo.n, geo.o, ho, wo])   // [N, O, Ho, Wo]
+        // Every tile's GEMM writes its outputs with β = 0, so the output needs no clearing.
+        let out = Tensor.uninitialized([geo.n, geo.o, ho, wo])   // [N, O, Ho, Wo]
         Tensor.conv2dForward(x.pointer, wt.pointer, bias?.contiguousValues().pointer, geo, out.storage.pointer)
 
         let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
