@@ -123,7 +123,7 @@ extension Tensor {
         }
         var outShape = first.shape
         outShape[a] = tensors.reduce(0) { $0 + $1.shape[a] }
-        let out = Tensor(zeros: outShape)
+        let out = Tensor.uninitialized(outShape)   // the pieces cover every element
         var starts: [Int] = []
         var at = 0
         for t in tensors {

@@ -86,11 +86,17 @@ struct ConvGeometry {
                     }
                     let srow = src + ih &* w
                     if sw == 1 {
-                        // Plain loops: rows are short (Wo), where a memmove call costs more than the copy.
+                        // Rows are short (Wo), where a memmove call costs more than the copy, and
+                        // the compiler cannot rule out overlap to vectorise a plain loop: eight at a time.
                         var ow = 0
                         while ow < lo { drow[ow] = 0; ow &+= 1 }
-                        let shifted = srow + iw0
-                        while ow < hi { drow[ow] = shifted[ow]; ow &+= 1 }
+                        let shifted = UnsafeRawPointer(srow + iw0), target = UnsafeMutableRawPointer(drow)
+                        while ow &+ 8 <= hi {
+                            target.storeBytes(of: shifted.loadUnaligned(fromByteOffset: ow &* 4, as: SIMD8<Float>.self),
+                                              toByteOffset: ow &* 4, as: SIMD8<Float>.self)
+                            ow &+= 8
+                        }
+                        while ow < hi { drow[ow] = srow[ow &+ iw0]; ow &+= 1 }
                         while ow < wo { drow[ow] = 0; ow &+= 1 }
                     } else {
                         var iw = iw0

@@ -176,7 +176,7 @@ extension Tensor {
         let x = contiguousValues()                                              // [rows, d] as laid out
         let gamma = weight?.contiguousValues(), beta = bias?.contiguousValues() // [slots]
         let stats = NormStatistics(x.pointer, layout, eps: eps)                 // [rows] μ and r
-        let out = Tensor(zeros: shape)                                          // shape of x
+        let out = Tensor.uninitialized(shape)              // shape of x; every element is written
         Tensor.normalizeForward(x.pointer, stats, layout, gamma?.pointer, beta?.pointer, into: out.storage.pointer)
 
         var inputs = [self]
