@@ -20,6 +20,9 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("resume-from"), help: "Continue from this checkpoint file instead.")
     var resumeFrom: String?
 
+    @Flag(help: "Start afresh in an output_dir that holds an earlier run, replacing its checkpoint and metrics.")
+    var overwrite = false
+
     @Option(name: .customLong("max-steps"), help: "Stop after this many steps in total (default: optim.steps).")
     var maxSteps: Int?
 
@@ -42,6 +45,8 @@ struct TrainCommand: ParsableCommand {
         var options = TrainingOptions()
         options.resume = resume || resumeFrom != nil
         options.resumeFrom = resumeFrom
+        options.overwrite = overwrite
+        if overwrite && options.resume { throw ValidationError("--overwrite starts a fresh run and --resume continues one: pass one of them") }
         options.maxSteps = maxSteps
         options.timeline = timeline
         options.stallTimeout = stallTimeout

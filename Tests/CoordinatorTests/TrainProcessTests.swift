@@ -81,6 +81,29 @@ final class TrainProcessTests: XCTestCase {
         }
     }
 
+    /// A run without --resume into a folder that holds a run stops naming output_dir and leaves
+    /// the checkpoint alone; with --overwrite it starts afresh and metrics.jsonl holds only its steps.
+    func testAFreshRunNeverReplacesAnEarlierRunUnlessTold() throws {
+        let config = try writeConfig("again.yaml", output: "again", steps: 2, every: 2)
+        let first = try run(Self.executable("train"), ["--config", config])
+        XCTAssertEqual(first.status, 0, first.output)
+        let latest = URL(fileURLWithPath: path("again/checkpoints/latest.safetensors"))
+        let before = try Data(contentsOf: latest)
+        let refused = try run(Self.executable("train"), ["--config", config])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.output.contains("key 'output_dir'") && refused.output.contains("already holds a run")
+                      && refused.output.contains("--resume") && refused.output.contains("--overwrite"), refused.output)
+        XCTAssertEqual(try Data(contentsOf: latest), before, "the earlier checkpoint is untouched")
+        let both = try run(Self.executable("train"), ["--config", config, "--overwrite", "--resume"])
+        XCTAssertNotEqual(both.status, 0)
+        XCTAssertTrue(both.output.contains("pass one of them"), both.output)
+        let replaced = try run(Self.executable("train"), ["--config", config, "--overwrite"])
+        XCTAssertEqual(replaced.status, 0, replaced.output)
+        let lines = try String(contentsOfFile: path("again/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 2, "one line per step of the new run, none of the old one's")
+        XCTAssertEqual(try losses("again").keys.sorted(), [1, 2])
+    }
+
     func testDataParallelMatchesOneProcess() throws {
         let mpirun = try Self.mpirun()
         let single = try writeConfig("single.yaml", output: "single", steps: 3, every: 3)

@@ -10,6 +10,9 @@ public struct TrainingOptions: Sendable {
     /// Resume from `output_dir/checkpoints/latest.safetensors` (or this file when set).
     public var resume = false
     public var resumeFrom: String?
+    /// Start a fresh run in an output_dir that already holds a run's checkpoint (its checkpoint,
+    /// metrics and samples are replaced); without it such a run stops with an error.
+    public var overwrite = false
     /// Stop after this many steps in total (for tests and short demos); nil: `optim.steps`.
     public var maxSteps: Int?
     /// Chrome-trace JSON of each rank's compute and communication (rank suffix added).
@@ -148,6 +151,8 @@ public final class TrainingRun {
         if options.resume {
             startStep = try agree("resuming") { try resume(task: task, optimizer: optimizer, ema: ema) }
             log("resumed at step \(startStep)")
+        } else {
+            try agree("checking output_dir") { if rank == 0 { try startFresh() } }
         }
         let totalSteps = min(options.maxSteps ?? config.optim.steps, config.optim.steps)
         let accumulation = config.optim.gradientAccumulation
@@ -274,6 +279,22 @@ public final class TrainingRun {
     }
 
     /// Loads the checkpoint on every rank and returns its step.
+    /// A run without `--resume` owns output_dir: an earlier run's checkpoint is never replaced
+    /// unless `--overwrite` says so, and its metric lines never mix with the new run's.
+    func startFresh() throws {
+        let latest = outputs.latestCheckpoint
+        if FileManager.default.fileExists(atPath: latest.path) {
+            guard options.overwrite else {
+                let step = (try? TrainingCheckpoint(contentsOf: latest).metadata["step"]).flatMap { $0 }.map { " at step \($0)" } ?? ""
+                throw TrainingError.config(file: config.file, key: "output_dir", message:
+                    "\(outputs.directory.path) already holds a run (\(latest.path)\(step)); pass --resume to continue it, "
+                    + "--overwrite to replace it, or choose another output_dir")
+            }
+            outputs.log("--overwrite: replacing the earlier run in \(outputs.directory.path)")
+        }
+        try outputs.truncateMetrics(after: 0)
+    }
+
     func resume(task: TrainingTask, optimizer: AdamW, ema: ExponentialMovingAverage?) throws -> Int {
         let url = options.resumeFrom.map { URL(fileURLWithPath: $0) } ?? outputs.latestCheckpoint
         guard FileManager.default.fileExists(atPath: url.path) else {
