@@ -90,8 +90,12 @@ struct TrainingBench: ParsableCommand {
     @Option(help: "Gradient allreduce: native (MPI_Iallreduce) or ring.")
     var algorithm: String = "native"
 
+    @Option(name: .customLong("bucket-mb"), help: "Gradient bucket cap in MB (the first bucket is capped at 1 MB).")
+    var bucketMB: Double = 25
+
     func validate() throws {
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
+        guard bucketMB >= 1 else { throw ValidationError("--bucket-mb must be at least 1, got \(bucketMB)") }
         guard batchPerRank >= 1 else { throw ValidationError("--batch-per-rank must be at least 1") }
         guard AllreduceAlgorithm(rawValue: algorithm) != nil else {
             throw ValidationError("--algorithm must be one of "
@@ -102,7 +106,8 @@ struct TrainingBench: ParsableCommand {
     func run() throws {
         try runOnWorld { world in
             let options = TrainingBenchmark.Options(batchPerRank: batchPerRank, steps: steps,
-                                                    algorithm: AllreduceAlgorithm(rawValue: algorithm)!)
+                                                    algorithm: AllreduceAlgorithm(rawValue: algorithm)!,
+                                                    bucketCapBytes: Int(bucketMB * 1_048_576))
             return TrainingBenchmark.format(try TrainingBenchmark.run(world: world, options: options))
         }
     }

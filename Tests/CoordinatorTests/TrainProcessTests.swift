@@ -131,11 +131,11 @@ final class TrainProcessTests: XCTestCase {
 
         // Sura's ring in place of MPI's allreduce: the same training, summed in its own order.
         let ringConfig = try writeConfig("ring.yaml", output: "ring", dp: 2, steps: 3, every: 3)
-        try String(contentsOfFile: ringConfig, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 1, allreduce: ring}")
+        try String(contentsOfFile: ringConfig, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 1, allreduce: ring, bucket_mb: 1}")
             .write(toFile: ringConfig, atomically: true, encoding: .utf8)
         let ring = try run(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", ringConfig], timeout: 300)
         XCTAssertEqual(ring.status, 0, ring.output)
-        XCTAssertTrue(ring.output.contains("by the ring allreduce"), ring.output)
+        XCTAssertTrue(ring.output.contains("(cap 1.0 MB) by the ring allreduce"), ring.output)
         XCTAssertTrue(two.output.contains("by the native allreduce"), two.output)
         let c = try losses("ring")
         for step in 1...3 { XCTAssertEqual(c[step]!, b[step]!, accuracy: 1e-4 * abs(b[step]!), "ring, step \(step)") }
@@ -192,8 +192,12 @@ final class TrainProcessTests: XCTestCase {
         let tree = try writeConfig("allreduce.yaml", output: "x")
         try String(contentsOfFile: tree, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 1, allreduce: tree}")
             .write(toFile: tree, atomically: true, encoding: .utf8)
+        let tiny = try writeConfig("bucket.yaml", output: "x")
+        try String(contentsOfFile: tiny, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 1, bucket_mb: 0.5}")
+            .write(toFile: tiny, atomically: true, encoding: .utf8)
         let cases: [(String, [String])] = [
             (tree, ["topology.allreduce", "'tree' is not allowed", "native, ring"]),
+            (tiny, ["topology.bucket_mb", "between 1"]),
             (try writeConfig("unknown.yaml", output: "x", extra: "optimiser: {}"), ["optimiser", "unknown key", ":10:"]),
             (task.path, ["task", "dreambooth", "allowed values: base"]),
             (try writeConfig("topology.yaml", output: "x", dp: 2), ["topology", "dp × pp", "1 rank"]),

@@ -79,6 +79,8 @@ public struct TrainingConfig: Sendable {
         public var schedule = PipelineSchedule.Kind.oneForwardOneBackward
         /// How gradient buckets are averaged over the dp replicas (`topology.allreduce`).
         public var allreduce = AllreduceAlgorithm.native
+        /// Gradient bucket cap in MB (`topology.bucket_mb`); the first bucket is capped at 1 MB.
+        public var bucketMB = 25.0
         /// How the LLM's decoder layers are cut into the pp stages (`topology.partition`).
         public var partition = Partition.balanced
 
@@ -195,8 +197,9 @@ public struct TrainingConfig: Sendable {
             checkpoint.sampleEvery = try node.int("sample_every", in: 0...100_000_000).flatMap { $0 == 0 ? nil : $0 }
         }
         if let node = try root.mapping("topology") {
-            try node.rejectUnknownKeys(allowed: ["dp", "pp", "schedule", "partition", "allreduce"])
+            try node.rejectUnknownKeys(allowed: ["dp", "pp", "schedule", "partition", "allreduce", "bucket_mb"])
             topology.allreduce = try node.choice("allreduce", AllreduceAlgorithm.self) ?? topology.allreduce
+            topology.bucketMB = try node.double("bucket_mb", in: 1...4096) ?? topology.bucketMB
             topology.dp = try node.int("dp", in: 1...4096) ?? 1
             topology.pp = try node.int("pp", in: 1...4096) ?? 1
             topology.schedule = try node.choice("schedule", PipelineSchedule.Kind.self) ?? topology.schedule

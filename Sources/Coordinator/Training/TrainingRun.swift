@@ -124,7 +124,8 @@ public final class TrainingRun {
         let optimizer = try AdamW(parameters: parameters, learningRate: config.optim.learningRate,
                                   weightDecay: config.optim.weightDecay, exemptFromWeightDecay: AdamW.exemptBiasesAndNorms)
         let ema = try config.optim.emaDecay.map { try ExponentialMovingAverage(parameters: parameters, decay: $0) }
-        let parallelOptions = DataParallelOptions(buckets: GradientBucketOptions(algorithm: config.topology.allreduce),
+        let buckets = GradientBucketOptions(capBytes: Int(config.topology.bucketMB * 1_048_576), algorithm: config.topology.allreduce)
+        let parallelOptions = DataParallelOptions(buckets: buckets,
                                                   stallTimeout: options.stallTimeout)
         let pipelined: PipelinedAdapterTraining? = try agree("building the LLM pipeline") {
             guard let adapterTask = task as? AdapterTask, adapterTask.llmLoRA != nil, let groups else { return nil }
@@ -144,7 +145,7 @@ public final class TrainingRun {
         let dp = pipelined == nil ? communicator.size : config.topology.dp
         let dataRank = pipelined == nil ? rank : groups!.dpRank
         if dp > 1 {
-            log("data parallel: \(dp) replicas, gradients averaged in \(replica.buckets.layout.buckets.count) bucket(s) by the \(config.topology.allreduce.rawValue) allreduce")
+            log("data parallel: \(dp) replicas, gradients averaged in \(replica.buckets.layout.buckets.count) bucket(s) (cap \(config.topology.bucketMB) MB) by the \(config.topology.allreduce.rawValue) allreduce")
         }
 
         var startStep = 0

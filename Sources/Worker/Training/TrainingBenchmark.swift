@@ -23,11 +23,13 @@ public enum TrainingBenchmark {
         public var pipelineWidths: [Int]
         public var pipelineBatch: Int
         public var algorithm: AllreduceAlgorithm
+        /// Gradient bucket cap in bytes (the first bucket is capped at 1 MB).
+        public var bucketCapBytes: Int
 
         public init(widths: [Int] = [512, 2048, 2048, 2048, 512], batchPerRank: Int = 64, warmupSteps: Int = 2,
                     steps: Int = 6, pipelineMicroBatches: [Int] = [2, 4, 8],
                     pipelineWidths: [Int] = [1024, 1024, 1024, 1024, 1024], pipelineBatch: Int = 256,
-                    algorithm: AllreduceAlgorithm = .native) {
+                    algorithm: AllreduceAlgorithm = .native, bucketCapBytes: Int = GradientBucketOptions().capBytes) {
             self.widths = widths
             self.batchPerRank = batchPerRank
             self.warmupSteps = warmupSteps
@@ -36,6 +38,7 @@ public enum TrainingBenchmark {
             self.pipelineWidths = pipelineWidths
             self.pipelineBatch = pipelineBatch
             self.algorithm = algorithm
+            self.bucketCapBytes = bucketCapBytes
         }
     }
 
@@ -128,7 +131,8 @@ public enum TrainingBenchmark {
         let blocks = ProbeModel.blocks(widths: options.widths, seed: 1)
         let parameters = ProbeModel.namedParameters(blocks)
         let replica = try DataParallelReplica(parameters: parameters, communicator: communicator,
-                                              options: DataParallelOptions(buckets: GradientBucketOptions(algorithm: options.algorithm)))
+                                              options: DataParallelOptions(buckets: GradientBucketOptions(capBytes: options.bucketCapBytes,
+                                                                                                           algorithm: options.algorithm)))
         try replica.broadcastParameters()
         let optimizer = try SGD(parameters: parameters, learningRate: 1e-4)
         let data = ProbeModel.data(samples: options.batchPerRank, inputs: options.widths.first!,
