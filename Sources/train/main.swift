@@ -20,6 +20,10 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("resume-from"), help: "Continue from this checkpoint file instead.")
     var resumeFrom: String?
 
+    @Flag(name: .customLong("resume-if-present"),
+          help: "Continue from output_dir's latest checkpoint when there is one, else start fresh (for restarted cluster jobs).")
+    var resumeIfPresent = false
+
     @Flag(help: "Start afresh in an output_dir that holds an earlier run, replacing its checkpoint and metrics.")
     var overwrite = false
 
@@ -46,7 +50,10 @@ struct TrainCommand: ParsableCommand {
         options.resume = resume || resumeFrom != nil
         options.resumeFrom = resumeFrom
         options.overwrite = overwrite
-        if overwrite && options.resume { throw ValidationError("--overwrite starts a fresh run and --resume continues one: pass one of them") }
+        options.resumeIfPresent = resumeIfPresent
+        if overwrite && (options.resume || resumeIfPresent) {
+            throw ValidationError("--overwrite starts a fresh run and --resume continues one: pass one of them")
+        }
         options.maxSteps = maxSteps
         options.timeline = timeline
         options.stallTimeout = stallTimeout

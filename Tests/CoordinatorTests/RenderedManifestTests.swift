@@ -147,7 +147,7 @@ final class RenderedManifestTests: XCTestCase {
         let words = argv.compactMap(\.string)
         XCTAssertEqual(words.count, argv.count, "every command word is a string, numbers included")
         XCTAssertEqual(words.first, "mpirun")
-        XCTAssertEqual(words.suffix(5), ["-np", "5", "/usr/local/bin/train", "--config", "/config/cfg.yaml"])
+        XCTAssertEqual(words.suffix(6), ["-np", "5", "/usr/local/bin/train", "--config", "/config/cfg.yaml", "--resume-if-present"])
         XCTAssertEqual(Array(words[1...2]), ["--bind-to", "none"])
         XCTAssertTrue(words.contains("SURA_THREADS=2"))
         XCTAssertTrue(words.contains("SURA_LOG=2"))
@@ -249,13 +249,13 @@ final class RenderedManifestTests: XCTestCase {
                      "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=2", "#SBATCH --mem-per-cpu=1536M",
                      "#SBATCH --partition=cpu", "#SBATCH --account=lab", "#SBATCH --time=02:00:00",
                      "export SURA_THREADS=2", "export NOTE='it'\\''s two words'",
-                     "srun --mpi=pmix --cpus-per-task=2 --cpu-bind=cores /opt/sura/bin/train --config /cfg/sur.yaml"] {
+                     "srun --mpi=pmix --cpus-per-task=2 --cpu-bind=cores /opt/sura/bin/train --config /cfg/sur.yaml --resume-if-present"] {
             XCTAssertTrue(script.split(separator: "\n").contains(Substring(line)), "missing '\(line)' in:\n\(script)")
         }
         job.slurm.launcher = .mpirun
         job.mpirunArgs = ["--mca", "btl", "self,tcp"]
         let mpirun = SlurmScriptRenderer().render(job)
-        XCTAssertTrue(mpirun.contains("\nmpirun --map-by slot:PE=2 --bind-to core --mca btl self,tcp -np 5 train --config /cfg/sur.yaml\n"), mpirun)
+        XCTAssertTrue(mpirun.contains("\nmpirun --map-by slot:PE=2 --bind-to core --mca btl self,tcp -np 5 train --config /cfg/sur.yaml --resume-if-present\n"), mpirun)
         try assertBashParses(script, name: "rendered.sbatch")
     }
 
@@ -270,6 +270,7 @@ final class RenderedManifestTests: XCTestCase {
         let sbatch = try String(contentsOf: RepositoryPaths.cluster.appendingPathComponent("slurm/train.sbatch"), encoding: .utf8)
         XCTAssertTrue(sbatch.contains("#SBATCH --ntasks="), sbatch)
         XCTAssertTrue(sbatch.contains("srun --mpi=pmix"), sbatch)
+        XCTAssertTrue(sbatch.contains("--resume-if-present"), "a requeued job continues from its checkpoint")
         let hostfile = try String(contentsOf: RepositoryPaths.cluster.appendingPathComponent("hostfile.example"), encoding: .utf8)
         let launcher = LocalJobLauncher(store: JobStore(directory: URL(fileURLWithPath: "/tmp")), cores: 1, isRoot: false)
         XCTAssertNotNil(launcher.availableSlots(try JobSpec(yaml: "name: a\nconfig: c\nranks: 1\n"), hostfileText: hostfile),

@@ -104,6 +104,20 @@ final class TrainProcessTests: XCTestCase {
         XCTAssertEqual(try losses("again").keys.sorted(), [1, 2])
     }
 
+    /// What a restarted cluster job runs: fresh the first time, resumed from the checkpoint after.
+    func testResumeIfPresentStartsFreshThenContinues() throws {
+        let config = try writeConfig("restarted.yaml", output: "restarted", steps: 4, every: 2)
+        let first = try run(Self.executable("train"), ["--config", config, "--resume-if-present", "--max-steps", "2"])
+        XCTAssertEqual(first.status, 0, first.output)
+        XCTAssertTrue(first.output.contains("no checkpoint in"), first.output)
+        let again = try run(Self.executable("train"), ["--config", config, "--resume-if-present"])
+        XCTAssertEqual(again.status, 0, again.output)
+        XCTAssertTrue(again.output.contains("resumed at step 2"), again.output)
+        let lines = try String(contentsOfFile: path("restarted/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 4)
+        XCTAssertEqual(try losses("restarted").keys.sorted(), [1, 2, 3, 4])
+    }
+
     func testDataParallelMatchesOneProcess() throws {
         let mpirun = try Self.mpirun()
         let single = try writeConfig("single.yaml", output: "single", steps: 3, every: 3)

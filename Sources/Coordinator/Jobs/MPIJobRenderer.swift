@@ -32,7 +32,7 @@ enum YAMLTree {
 /// Renders a training job as a Kubeflow MPI Operator `MPIJob` (API `kubeflow.org/v2beta1`), with
 /// the ConfigMap that carries its training config.
 ///
-/// The launcher pod runs `mpirun -np N … train --config /config/cfg.yaml`; the operator writes the
+/// The launcher pod runs `mpirun -np N … train --config /config/cfg.yaml --resume-if-present`; the operator writes the
 /// hostfile and SSH keys, and the worker pods run `sshd` for mpirun to start ranks through.
 /// Workers = ⌈ranks / slots_per_worker⌉. Each worker requests and is limited to
 /// slots_per_worker × the per-rank `resources` (CPU defaults to one core per thread).
@@ -76,7 +76,8 @@ public struct MPIJobRenderer {
         argv += spec.mpirunArgs
         // Ranks start through ssh on the workers, so the environment must travel with -x.
         for (name, value) in spec.rankEnvironment { argv += ["-x", "\(name)=\(value)"] }
-        argv += ["-np", "\(spec.ranks)", trainProgram, "--config", "\(configMountPath)/\(configFileName)"]
+        // The operator relaunches a failed launcher (backoffLimit): it continues from the checkpoint.
+        argv += ["-np", "\(spec.ranks)", trainProgram, "--config", "\(configMountPath)/\(configFileName)", "--resume-if-present"]
         return argv
     }
 

@@ -46,7 +46,8 @@ public struct SlurmScriptRenderer {
             lines.append("export \(name)=\(SlurmScriptRenderer.shellQuoted(value))")
         }
         lines.append("")
-        let program = [trainProgram, "--config", spec.config].map(SlurmScriptRenderer.shellQuoted).joined(separator: " ")
+        // A requeued job runs this script again: it continues from the checkpoint.
+        let program = [trainProgram, "--config", spec.config, "--resume-if-present"].map(SlurmScriptRenderer.shellQuoted).joined(separator: " ")
         switch spec.slurm.launcher {
         case .srun:
             lines.append("# One task per rank; Slurm 22.05+ no longer passes --cpus-per-task from sbatch to srun, so repeat it.")

@@ -10,6 +10,9 @@ public struct TrainingOptions: Sendable {
     /// Resume from `output_dir/checkpoints/latest.safetensors` (or this file when set).
     public var resume = false
     public var resumeFrom: String?
+    /// Resume when output_dir holds a checkpoint, else start fresh: for jobs that a cluster
+    /// scheduler restarts with the same command line (MPIJob backoff, Slurm requeue).
+    public var resumeIfPresent = false
     /// Start a fresh run in an output_dir that already holds a run's checkpoint (its checkpoint,
     /// metrics and samples are replaced); without it such a run stops with an error.
     public var overwrite = false
@@ -149,7 +152,16 @@ public final class TrainingRun {
         }
 
         var startStep = 0
-        if options.resume {
+        var resuming = options.resume
+        if options.resumeIfPresent && !resuming {
+            // Rank 0 decides for everyone, so the ranks of a shared output_dir never disagree.
+            var found: [Float] = [rank == 0 && FileManager.default.fileExists(atPath: outputs.latestCheckpoint.path) ? 1 : 0]
+            try communicator.allreduce(&found, op: .sum)
+            resuming = found[0] > 0
+            log(resuming ? "--resume-if-present: \(outputs.latestCheckpoint.path) exists; resuming"
+                         : "--resume-if-present: no checkpoint in \(outputs.directory.path); starting fresh")
+        }
+        if resuming {
             startStep = try agree("resuming") { try resume(task: task, optimizer: optimizer, ema: ema) }
             log("resumed at step \(startStep)")
         } else {
