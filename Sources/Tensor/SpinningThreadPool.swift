@@ -73,7 +73,13 @@ final class SpinningThreadPool: @unchecked Sendable {
             condition.broadcast()
             condition.unlock()
             region.work()
-            while region.done.load(ordering: .acquiring) < chunks {}
+            // The chunks still running belong to workers; when they do not finish within a few
+            // thousand polls (a worker descheduled by an oversubscribed machine), yield the core.
+            var polls = 0
+            while region.done.load(ordering: .acquiring) < chunks {
+                polls &+= 1
+                if polls > 4096 { sched_yield() }
+            }
             condition.lock()
             current = nil
             condition.unlock()
