@@ -12,8 +12,9 @@ import Tensor
 // softmax and O = P·V stay in a cache-sized buffer. Q, K, V and O are read and written in place
 // through their row stride H·d, so nothing is packed or merged.
 //
-// The GEMMs are small enough (B·Lk·d < 2¹⁸ multiply-adds) that OpenBLAS runs each on the calling
-// thread; the (sample, head) items are spread over `parallelFor`.
+// OpenBLAS runs on one thread in Sura (Tensor's ParallelGemm.swift), so each of these small GEMMs
+// (B·Lk·d < 2¹⁸ multiply-adds) runs on the calling thread; the (sample, head) items are spread
+// over `parallelFor`.
 //
 // Backward recomputes the probabilities from the saved log-sum-exp, as FlashAttention does:
 //   P = exp(S − lse),  dP = dO·Vᵀ,  dS = P ⊙ (dP − rowsum(dO ⊙ O)),
@@ -25,8 +26,8 @@ func fusedAttentionApplies(headDim d: Int, keys lk: Int) -> Bool {
     d >= 1 && d <= 64 && lk >= 1 && fusedAttentionBlockRows(headDim: d, keys: lk) >= 8
 }
 
-/// Query rows per block: the score block stays under 64 K floats and each GEMM under 2¹⁸
-/// multiply-adds (OpenBLAS's threshold for threading a call).
+/// Query rows per block: the score block stays under 64 K floats (256 KB, in L2) and each GEMM
+/// under 2¹⁸ multiply-adds.
 private func fusedAttentionBlockRows(headDim d: Int, keys lk: Int) -> Int {
     Swift.min(65_536 / lk, 262_143 / (lk * d), 256)
 }
