@@ -93,8 +93,12 @@ struct TrainingBench: ParsableCommand {
     @Option(name: .customLong("bucket-mb"), help: "Gradient bucket cap in MB (the first bucket is capped at 1 MB).")
     var bucketMB: Double = 25
 
+    @Option(help: "Alternating rounds of the 1-rank and N-rank measurement (medians reported).")
+    var rounds: Int = 3
+
     func validate() throws {
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1, got \(rounds)") }
         guard bucketMB >= 1 else { throw ValidationError("--bucket-mb must be at least 1, got \(bucketMB)") }
         guard batchPerRank >= 1 else { throw ValidationError("--batch-per-rank must be at least 1") }
         guard AllreduceAlgorithm(rawValue: algorithm) != nil else {
@@ -107,7 +111,7 @@ struct TrainingBench: ParsableCommand {
         try runOnWorld { world in
             let options = TrainingBenchmark.Options(batchPerRank: batchPerRank, steps: steps,
                                                     algorithm: AllreduceAlgorithm(rawValue: algorithm)!,
-                                                    bucketCapBytes: Int(bucketMB * 1_048_576))
+                                                    bucketCapBytes: Int(bucketMB * 1_048_576), rounds: rounds)
             return TrainingBenchmark.format(try TrainingBenchmark.run(world: world, options: options))
         }
     }

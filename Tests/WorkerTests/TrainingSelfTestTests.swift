@@ -39,9 +39,13 @@ final class TrainingSelfTestTests: SingleThreadedTestCase {
     func testBenchmarkRunsAndReportsSaneFigures() throws {
         let options = TrainingBenchmark.Options(widths: [64, 128, 64], batchPerRank: 16, warmupSteps: 1, steps: 2,
                                                 pipelineMicroBatches: [2, 4], pipelineWidths: [32, 32, 32, 32],
-                                                pipelineBatch: 8)
+                                                pipelineBatch: 8, rounds: 3)
         let report = try TrainingBenchmark.run(world: InProcessCommunicator.singleProcess(), options: options)
         XCTAssertEqual(report.ranks, 2)
+        XCTAssertEqual(report.singleRounds.count, 3)
+        XCTAssertEqual(report.parallelRounds.count, 3)
+        XCTAssertEqual(report.singleSamplesPerSecond, report.singleRounds.sorted()[1], "the median round")
+        XCTAssertEqual(report.parallelSamplesPerSecond, report.parallelRounds.sorted()[1], "the median round")
         XCTAssertGreaterThan(report.singleSamplesPerSecond, 0)
         XCTAssertGreaterThan(report.parallelSamplesPerSecond, 0)
         XCTAssertGreaterThanOrEqual(report.hiddenCommunicationShare, 0)

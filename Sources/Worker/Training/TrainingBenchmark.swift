@@ -25,11 +25,15 @@ public enum TrainingBenchmark {
         public var algorithm: AllreduceAlgorithm
         /// Gradient bucket cap in bytes (the first bucket is capped at 1 MB).
         public var bucketCapBytes: Int
+        /// Alternating rounds of the 1-rank and N-rank measurement; the medians are reported, so
+        /// one disturbed window on a shared machine does not decide the scaling figure.
+        public var rounds: Int
 
         public init(widths: [Int] = [512, 2048, 2048, 2048, 512], batchPerRank: Int = 64, warmupSteps: Int = 2,
                     steps: Int = 6, pipelineMicroBatches: [Int] = [2, 4, 8],
                     pipelineWidths: [Int] = [1024, 1024, 1024, 1024, 1024], pipelineBatch: Int = 256,
-                    algorithm: AllreduceAlgorithm = .native, bucketCapBytes: Int = GradientBucketOptions().capBytes) {
+                    algorithm: AllreduceAlgorithm = .native, bucketCapBytes: Int = GradientBucketOptions().capBytes,
+                    rounds: Int = 3) {
             self.widths = widths
             self.batchPerRank = batchPerRank
             self.warmupSteps = warmupSteps
@@ -39,6 +43,7 @@ public enum TrainingBenchmark {
             self.pipelineBatch = pipelineBatch
             self.algorithm = algorithm
             self.bucketCapBytes = bucketCapBytes
+            self.rounds = max(1, rounds)
         }
     }
 
@@ -58,8 +63,12 @@ public enum TrainingBenchmark {
         public let ranks: Int
         /// "MPI (thread multiple)" or "in-process threads".
         public let transport: String
+        /// Medians over the rounds.
         public let singleSamplesPerSecond: Double
         public let parallelSamplesPerSecond: Double
+        /// Every round's figures, in order.
+        public let singleRounds: [Double]
+        public let parallelRounds: [Double]
         /// parallel / (ranks × single): 1 is perfect weak scaling.
         public var scalingEfficiency: Double { parallelSamplesPerSecond / (Double(ranks) * singleSamplesPerSecond) }
         /// Seconds per step the allreduces ran, and the part of that overlapping backward.
@@ -78,43 +87,46 @@ public enum TrainingBenchmark {
         Threads.count = 1
         let savedTimeout = world.timeout
         defer { world.timeout = savedTimeout }
-        // Rank 0 measures alone while the others wait at a barrier.
-        world.timeout = max(savedTimeout, 3600)
-        var single = 0.0
-        if world.rank == 0 {
-            let alone = InProcessCommunicator.singleProcess()
-            single = try measureDataParallel(on: alone, options: options, timeline: nil).samplesPerSecond
-        }
-        try world.barrier()
-        world.timeout = savedTimeout
-
         let parameters = ProbeModel.blocks(widths: options.widths, seed: 1).reduce(0) { $0 + $1.parameterCount }
-        let timeline = Timeline(rank: world.rank)
-        var parallel: Measurement
-        var pipeline: [PipelineRow]
-        let ranks: Int, transport: String
-        if world.size >= 2 {
-            ranks = world.size
-            transport = world.kind
-            parallel = try measureDataParallel(on: world, options: options, timeline: timeline)
-            pipeline = try measurePipeline(on: world, options: options)
-        } else {
-            let group = try InProcessGroup(size: 2, timeout: max(savedTimeout, 600))
-            let results = RankResults<(Measurement, [PipelineRow])>(size: 2)
-            let timelines = [timeline, Timeline(rank: 1)]
-            try group.run { comm in
-                let dp = try measureDataParallel(on: comm, options: options, timeline: timelines[comm.rank])
-                results[comm.rank] = (dp, try measurePipeline(on: comm, options: options))
+        let group = world.size >= 2 ? nil : try InProcessGroup(size: 2, timeout: max(savedTimeout, 600))
+        let ranks = group?.size ?? world.size
+        let transport = group?[0].kind ?? world.kind
+        var singles: [Double] = [], parallels: [Measurement] = []
+        for _ in 0 ..< options.rounds {
+            // Rank 0 measures alone while the others wait at a barrier.
+            world.timeout = max(savedTimeout, 3600)
+            var single = 0.0
+            if world.rank == 0 {
+                single = try measureDataParallel(on: InProcessCommunicator.singleProcess(), options: options, timeline: nil).samplesPerSecond
             }
-            ranks = 2
-            transport = group[0].kind
-            (parallel, pipeline) = results[0]!
+            try world.barrier()
+            world.timeout = savedTimeout
+            singles.append(single)
+            if let group {
+                let results = RankResults<Measurement>(size: 2)
+                let timelines = [Timeline(rank: 0), Timeline(rank: 1)]
+                try group.run { comm in results[comm.rank] = try measureDataParallel(on: comm, options: options, timeline: timelines[comm.rank]) }
+                parallels.append(results[0]!)
+            } else {
+                parallels.append(try measureDataParallel(on: world, options: options, timeline: Timeline(rank: world.rank)))
+            }
         }
+        var pipeline: [PipelineRow]
+        if let group {
+            let results = RankResults<[PipelineRow]>(size: 2)
+            try group.run { comm in results[comm.rank] = try measurePipeline(on: comm, options: options) }
+            pipeline = results[0]!
+        } else {
+            pipeline = try measurePipeline(on: world, options: options)
+        }
+        // The median round of the N-rank measurement also supplies the communication figures.
+        let median = parallels.sorted { $0.samplesPerSecond < $1.samplesPerSecond }[parallels.count / 2]
         return Report(parameters: parameters, ranks: ranks, transport: transport,
-                      singleSamplesPerSecond: single, parallelSamplesPerSecond: parallel.samplesPerSecond,
-                      communicationSecondsPerStep: parallel.communicationPerStep,
-                      hiddenCommunicationSecondsPerStep: parallel.hiddenPerStep,
-                      buckets: parallel.buckets, pipeline: pipeline)
+                      singleSamplesPerSecond: singles.sorted()[singles.count / 2], parallelSamplesPerSecond: median.samplesPerSecond,
+                      singleRounds: singles, parallelRounds: parallels.map(\.samplesPerSecond),
+                      communicationSecondsPerStep: median.communicationPerStep,
+                      hiddenCommunicationSecondsPerStep: median.hiddenPerStep,
+                      buckets: median.buckets, pipeline: pipeline)
     }
 
     struct Measurement {
@@ -202,11 +214,12 @@ public enum TrainingBenchmark {
         lines.append("model: probe MLP, \(report.parameters) parameters (\(report.buckets) gradient buckets), 1 thread per rank")
         lines.append("multi-rank transport: \(report.ranks) ranks, \(report.transport)")
         lines.append("")
-        lines.append("ranks  samples/s  scaling efficiency")
-        lines.append("-----  ---------  ------------------")
-        lines.append(String(format: "%5d  %9.1f  %18.3f", 1, report.singleSamplesPerSecond, 1.0))
-        lines.append(String(format: "%5d  %9.1f  %18.3f", report.ranks, report.parallelSamplesPerSecond,
-                            report.scalingEfficiency))
+        lines.append("ranks  samples/s (median of \(report.singleRounds.count) alternating rounds)  scaling efficiency  rounds")
+        lines.append("-----  ---------  ------------------  ------")
+        let rounds = { (values: [Double]) in values.map { String(format: "%.1f", $0) }.joined(separator: ", ") }
+        lines.append(String(format: "%5d  %9.1f  %18.3f  ", 1, report.singleSamplesPerSecond, 1.0) + rounds(report.singleRounds))
+        lines.append(String(format: "%5d  %9.1f  %18.3f  ", report.ranks, report.parallelSamplesPerSecond,
+                            report.scalingEfficiency) + rounds(report.parallelRounds))
         lines.append("")
         lines.append(String(format: "gradient allreduce %.1f ms/step, %.1f ms hidden behind backward (%.0f%%)",
                             report.communicationSecondsPerStep * 1e3, report.hiddenCommunicationSecondsPerStep * 1e3,
