@@ -162,14 +162,6 @@ struct ConvGeometry {
     }
 }
 
-/// C [m, n] = op(A) · op(B) + beta·C, row-major, with explicit leading dimensions.
-@inline(__always)
-func convGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
-              _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
-              beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) {
-    parallelSgemm(transA: transA, transB: transB, m: m, n: n, k: k, a, lda: lda, b, ldb: ldb, beta: beta, c, ldc: ldc)
-}
-
 extension Tensor {
     /// 2-D convolution (cross-correlation, as in PyTorch) in NCHW layout:
     ///
@@ -232,9 +224,9 @@ extension Tensor {
                     let y = direct ? out + t.n0 * geo.o * geo.l + t.oh0 * geo.wo : staging
                     let ldY = direct ? geo.l : ld
                     for gi in 0..<geo.groups {
-                        convGemm(transA: false, transB: false, m: geo.og, n: ld, k: geo.kg,
-                                 w + gi * geo.og * geo.kg, lda: geo.kg, colPointer + gi * geo.kg * ld, ldb: ld,
-                                 beta: 0, y + gi * geo.og * ldY, ldc: ldY)
+                        parallelSgemm(transA: false, transB: false, m: geo.og, n: ld, k: geo.kg,
+                                      w + gi * geo.og * geo.kg, lda: geo.kg, colPointer + gi * geo.kg * ld, ldb: ld,
+                                      beta: 0, y + gi * geo.og * ldY, ldc: ldY)
                     }
                     if !direct { geo.shuffle(staging, out, t, gather: false) }
                 }
@@ -298,18 +290,18 @@ extension Tensor {
                             if !geo.isPointwise { geo.im2col(x.pointer, t, into: col) }
                             for gi in 0..<geo.groups {
                                 // dW_g [Og, Kg] += dY_g [Og, T] · col_gᵀ [T, Kg]
-                                convGemm(transA: false, transB: true, m: geo.og, n: geo.kg, k: ld,
-                                         gy + gi * geo.og * ldG, lda: ldG, colPointer + gi * geo.kg * ld, ldb: ld,
-                                         beta: 1, dw.storage.pointer + gi * geo.og * geo.kg, ldc: geo.kg)
+                                parallelSgemm(transA: false, transB: true, m: geo.og, n: geo.kg, k: ld,
+                                              gy + gi * geo.og * ldG, lda: ldG, colPointer + gi * geo.kg * ld, ldb: ld,
+                                              beta: 1, dw.storage.pointer + gi * geo.og * geo.kg, ldc: geo.kg)
                             }
                         }
                         if let dx {
                             // dcol_g [Kg, T] = W_gᵀ [Kg, Og] · dY_g [Og, T]; pointwise writes dx directly.
                             let target = geo.isPointwise ? dx.storage.pointer + t.n0 * geo.c * geo.inputPlane : dcol
                             for gi in 0..<geo.groups {
-                                convGemm(transA: true, transB: false, m: geo.kg, n: ld, k: geo.og,
-                                         w.pointer + gi * geo.og * geo.kg, lda: geo.kg, gy + gi * geo.og * ldG, ldb: ldG,
-                                         beta: 0, target + gi * geo.kg * ld, ldc: ld)
+                                parallelSgemm(transA: true, transB: false, m: geo.kg, n: ld, k: geo.og,
+                                              w.pointer + gi * geo.og * geo.kg, lda: geo.kg, gy + gi * geo.og * ldG, ldb: ldG,
+                                              beta: 0, target + gi * geo.kg * ld, ldc: ld)
                             }
                             if !geo.isPointwise { geo.col2im(dcol, t, into: dx.storage.pointer) }
                         }
