@@ -16,32 +16,48 @@
 /// count (the n ranks together send exactly 2(n−1)·S; with uneven chunks a rank's share differs
 /// from 2(n−1)/n·S by less than two elements). Empty chunks (S < n) are skipped on both sides.
 public enum RingAllreduce {
+    /// Floats per message of the reduce-scatter (1 MiB): the incoming side of a chunk lands in a
+    /// scratch buffer of this size, piece by piece, instead of one the size of the chunk, so a
+    /// large bucket costs no fresh pages to fault in and zero on every call, and each piece is
+    /// accumulated while it is still in cache.
+    public static let defaultSegmentFloats = 1 << 18
+
     /// Reduces `buffer` in place across `communicator`'s ranks. Every rank must pass the same
     /// count; a different count surfaces as `sizeMismatch` naming the neighbour.
-    /// - Parameter tag: message tag; the default is reserved for the ring.
+    /// - Parameters:
+    ///   - tag: message tag; the default is reserved for the ring.
+    ///   - segmentFloats: most floats per reduce-scatter message (every rank must pass the same);
+    ///     the pieces of a chunk are reduced in order, so the result is bitwise the same for any value.
     public static func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOperation = .sum,
-                                 on communicator: Communicator, tag: Int = CollectiveTag.ring) throws {
+                                 on communicator: Communicator, tag: Int = CollectiveTag.ring,
+                                 segmentFloats: Int = defaultSegmentFloats) throws {
         let n = communicator.size
         let count = buffer.count
         guard n > 1, count > 0, let base = buffer.baseAddress else { return }
         let r = communicator.rank
         let right = (r + 1) % n
         let left = (r + n - 1) % n
-        let largestChunk = ChunkLayout.range(of: 0, count: count, parts: n).count
-        var incoming = [Float](repeating: 0, count: largestChunk)
+        let segment = max(1, min(segmentFloats, ChunkLayout.range(of: 0, count: count, parts: n).count))
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: segment)
+        defer { scratch.deallocate() }
 
-        try incoming.withUnsafeMutableBufferPointer { scratch in
-            for step in 0 ..< n - 1 {
-                let outgoing = ChunkLayout.range(of: (r - step + 2 * n) % n, count: count, parts: n)
-                let arriving = ChunkLayout.range(of: (r - 1 - step + 2 * n) % n, count: count, parts: n)
-                let target = UnsafeMutableBufferPointer(rebasing: scratch[0 ..< arriving.count])
-                try communicator.sendReceive(UnsafeBufferPointer(rebasing: buffer[outgoing]), to: right,
+        for step in 0 ..< n - 1 {
+            let outgoing = ChunkLayout.range(of: (r - step + 2 * n) % n, count: count, parts: n)
+            let arriving = ChunkLayout.range(of: (r - 1 - step + 2 * n) % n, count: count, parts: n)
+            // Piece k of a chunk is the same piece for its sender and its receiver, so both sides
+            // agree on the messages; a side with no piece k left sends or receives nothing.
+            var offset = 0
+            repeat {
+                let sending = outgoing.clamped(to: (outgoing.lowerBound + offset) ..< (outgoing.lowerBound + offset + segment))
+                let landing = arriving.clamped(to: (arriving.lowerBound + offset) ..< (arriving.lowerBound + offset + segment))
+                let target = UnsafeMutableBufferPointer(rebasing: scratch[0 ..< landing.count])
+                try communicator.sendReceive(UnsafeBufferPointer(rebasing: buffer[sending]), to: right,
                                              into: target, from: left, tag: tag)
-                if !arriving.isEmpty {
-                    Reduction.accumulateFloats(base + arriving.lowerBound, scratch.baseAddress!,
-                                               count: arriving.count, op: op)
+                if !landing.isEmpty {
+                    Reduction.accumulateFloats(base + landing.lowerBound, scratch.baseAddress!, count: landing.count, op: op)
                 }
-            }
+                offset += segment
+            } while offset < max(outgoing.count, arriving.count)
         }
         // This rank now owns the reduced chunk (r+1) mod n.
         let owned = ChunkLayout.range(of: (r + 1) % n, count: count, parts: n)

@@ -147,6 +147,49 @@ public final class Tensor: CustomStringConvertible, @unchecked Sendable {
         return out
     }
 
+    /// `copyStrided` for a view whose last two dimensions are a transposed matrix (rows at stride 1,
+    /// columns at a large stride: the weight gradient of `linear`, a `transposed(-1, -2)` view).
+    /// Element by element, every read lands on another cache line and usually another page. Going
+    /// through a 32 × 32 tile buffer, the reads run down the source's contiguous axis and the writes
+    /// along the destination's: both stream whole cache lines. (Writing the tile straight into the
+    /// destination would touch 32 lines one row apart, which for power-of-two widths all fall in one
+    /// L1 set and evict each other.)
+    private func copyTransposedMatrices(into dst: UnsafeMutablePointer<Float>) {
+        let r = rank
+        let rows = shape[r - 2], cols = shape[r - 1], columnStride = strides[r - 1]
+        let matrices = count / (rows * cols)
+        let tile = 32
+        let rowTiles = (rows + tile - 1) / tile
+        let src = storage.pointer, shape = self.shape, strides = self.strides, offset = self.offset
+        parallelFor(matrices * rowTiles, grain: Swift.max(1, 8_192 / Swift.max(1, tile * cols))) { start, end in
+            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: tile * tile)   // [j - j0][i - i0]
+            defer { buffer.deallocate() }
+            for item in start ..< end {
+                let matrix = item / rowTiles, i0 = (item % rowTiles) * tile, height = Swift.min(tile, rows - i0)
+                // Offset of this matrix from its index over the leading dimensions.
+                var base = offset, rem = matrix
+                for d in stride(from: r - 3, through: 0, by: -1) {
+                    base += (rem % shape[d]) * strides[d]
+                    rem /= shape[d]
+                }
+                let out = dst + matrix * rows * cols + i0 * cols
+                var j0 = 0
+                while j0 < cols {
+                    let width = Swift.min(tile, cols - j0)
+                    for j in 0 ..< width {
+                        let column: UnsafeMutablePointer<Float> = src + (base &+ i0 &+ (j0 &+ j) &* columnStride)
+                        (buffer + j &* tile).update(from: column, count: height)
+                    }
+                    for i in 0 ..< height {
+                        let row = out + (i &* cols &+ j0)
+                        for j in 0 ..< width { row[j] = buffer[j &* tile &+ i] }
+                    }
+                    j0 += width
+                }
+            }
+        }
+    }
+
     /// Writes the elements in row-major order into `dst`.
     public func copyStrided(into dst: UnsafeMutablePointer<Float>) {
         let n = count
@@ -159,6 +202,10 @@ public final class Tensor: CustomStringConvertible, @unchecked Sendable {
         let r = rank
         let inner = shape[r - 1]
         let innerStride = strides[r - 1]
+        if r >= 2 && strides[r - 2] == 1 && innerStride != 1 && shape[r - 2] > 1 {
+            copyTransposedMatrices(into: dst)
+            return
+        }
         let outer = n / inner
         let shape = self.shape, strides = self.strides, offset = self.offset
         parallelFor(outer, grain: Swift.max(1, 16_384 / Swift.max(inner, 1))) { start, end in

@@ -96,6 +96,9 @@ struct TrainingBench: ParsableCommand {
     @Option(help: "Alternating rounds of the 1-rank and N-rank measurement (medians reported).")
     var rounds: Int = 3
 
+    @Option(help: "Write the last N-rank round's per-rank compute and communication spans as a Chrome trace.")
+    var timeline: String?
+
     func validate() throws {
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1, got \(rounds)") }
@@ -111,7 +114,8 @@ struct TrainingBench: ParsableCommand {
         try runOnWorld { world in
             let options = TrainingBenchmark.Options(batchPerRank: batchPerRank, steps: steps,
                                                     algorithm: AllreduceAlgorithm(rawValue: algorithm)!,
-                                                    bucketCapBytes: Int(bucketMB * 1_048_576), rounds: rounds)
+                                                    bucketCapBytes: Int(bucketMB * 1_048_576), rounds: rounds,
+                                                    timeline: timeline.map { URL(fileURLWithPath: $0) })
             return TrainingBenchmark.format(try TrainingBenchmark.run(world: world, options: options))
         }
     }

@@ -73,6 +73,33 @@ final class RingAllreduceTests: XCTestCase {
         }
     }
 
+    /// The reduce-scatter sends a chunk in pieces of `segmentFloats`; uneven chunks give the two
+    /// neighbours different piece counts. Any piece size must give the same bits and bytes.
+    func testSegmentedReduceScatterGivesTheSameBitsAndBytes() {
+        for n in 2 ... 4 {
+            for count in [5, 23, 1001] {
+                for segment in [1, 3, 64] {
+                    let results = Collected<([Float], [Float], Int)>(size: n)
+                    runGroup(size: n) { comm in
+                        var whole = noise(rank: comm.rank, count: count, salt: 9)
+                        var pieces = whole
+                        try RingAllreduce.allreduce(&whole, op: .average, on: comm)
+                        let before = comm.bytesSent
+                        try pieces.withUnsafeMutableBufferPointer {
+                            try RingAllreduce.allreduce($0, op: .average, on: comm, segmentFloats: segment)
+                        }
+                        results[comm.rank] = (whole, pieces, comm.bytesSent - before)
+                    }
+                    for rank in 0 ..< n {
+                        let label = "n=\(n) count=\(count) segment=\(segment) rank \(rank)"
+                        XCTAssertEqual(results[rank].map { bits($0.1) }, results[rank].map { bits($0.0) }, label)
+                        XCTAssertEqual(results[rank]?.2, RingAllreduce.bytesSent(count: count, size: n, rank: rank), label)
+                    }
+                }
+            }
+        }
+    }
+
     func testRingSendsTwoNMinusOneOverNOfTheBuffer() {
         for n in 1 ... 5 {
             for count in [0, 1, 7, n * 1000, 1_000_003] {

@@ -111,6 +111,39 @@ final class CoreOpTests: XCTestCase {
         assertGradients([x]) { $0[0].split([1, 3], axis: 2)[1] * 2 }
     }
 
+    /// Transposed matrices are copied in tiles: every element must land where the strides say,
+    /// for sizes around the 32-wide tile, leading dimensions, offsets and permutations that keep
+    /// the second-to-last dimension at stride 1.
+    func testCopyOfTransposedViewsMatchesElementwiseIndexing() {
+        func check(_ view: Tensor, _ label: String) {
+            let copy = view.contiguousCopy()
+            XCTAssertTrue(copy.isContiguous)
+            var expected: [Float] = []
+            var index = [Int](repeating: 0, count: view.rank)
+            for _ in 0 ..< view.count {
+                var o = view.offset
+                for d in 0 ..< view.rank { o += index[d] * view.strides[d] }
+                expected.append(view.storage.pointer[o])
+                var d = view.rank - 1
+                while d >= 0 {
+                    index[d] += 1
+                    if index[d] < view.shape[d] { break }
+                    index[d] = 0
+                    d -= 1
+                }
+            }
+            XCTAssertEqual(copy.scalars, expected, label)
+        }
+        for (rows, cols) in [(2, 1), (1, 5), (5, 7), (31, 33), (32, 64), (70, 45)] {
+            check(randomTensor([rows, cols], seed: 3).transposed(0, 1), "[\(rows), \(cols)]ᵀ")
+        }
+        let batch = randomTensor([3, 40, 37], seed: 4)
+        check(batch.transposed(-1, -2), "batched transpose")
+        check(batch.sliced(axis: 1, 5, 38).transposed(-1, -2), "transpose of a slice (offset)")
+        check(batch.sliced(axis: 0, 1, 3).transposed(-1, -2), "transpose of a batch slice")
+        check(randomTensor([2, 3, 33, 34], seed: 5).permuted([1, 0, 3, 2]), "permuted leading dimensions")
+    }
+
     func testMatmulMatchesNaiveLoops() {
         for (m, k, n) in [(1, 1, 1), (3, 5, 4), (17, 9, 33)] {
             let a = randomTensor([m, k], seed: 12, requiresGrad: false)

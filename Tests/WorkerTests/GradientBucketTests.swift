@@ -59,10 +59,24 @@ final class GradientBucketTests: SingleThreadedTestCase {
     func testAParameterLargerThanTheCapGetsItsOwnBucket() {
         let layout = GradientBucketLayout(elementCounts: [10, 5000, 10, 10],
                                           options: GradientBucketOptions(capBytes: 100, firstCapBytes: 100))
-        XCTAssertEqual(layout.buckets.map(\.parameters), [[3, 2, 1], [0]])
+        // 80 bytes already hold half the 100-byte cap, so the 20 kB parameter starts a bucket.
+        XCTAssertEqual(layout.buckets.map(\.parameters), [[3, 2], [1], [0]])
+        let sliver = GradientBucketLayout(elementCounts: [10, 5000, 10],
+                                          options: GradientBucketOptions(capBytes: 100, firstCapBytes: 100))
+        // 40 bytes are less than half the cap: the large parameter joins rather than leave a sliver.
+        XCTAssertEqual(sliver.buckets.map(\.parameters), [[2, 1], [0]])
         let defaults = GradientBucketLayout(elementCounts: [1 << 20, 8 << 20, 1 << 20])
         // 1 M floats = 4 MB ≥ 1 MB closes the first bucket; then 32 MB ≥ 25 MB closes the second.
         XCTAssertEqual(defaults.buckets.map(\.parameters), [[2], [1], [0]])
+    }
+
+    func testAParameterThatWouldOverflowAHalfFullBucketStartsTheNext() {
+        // Two 16 MB layers under a 25 MB cap: each gets its own bucket, so the later one can
+        // launch while the earlier one is still in backward; small parameters ride along.
+        let counts = [4 << 20, 2048, 4 << 20, 2048, 1 << 20, 512]
+        let layout = GradientBucketLayout(elementCounts: counts)
+        XCTAssertEqual(layout.buckets.map(\.parameters), [[5, 4], [3, 2, 1], [0]])
+        for bucket in layout.buckets { XCTAssertLessThanOrEqual(bucket.elementCount * 4, 25 << 20) }
     }
 
     // MARK: Order and overlap

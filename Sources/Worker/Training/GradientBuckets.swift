@@ -29,8 +29,12 @@ public struct GradientBucketOptions: Sendable, Equatable {
 
 /// The assignment of parameters to buckets, in REVERSE registration order: backward produces
 /// the last layer's gradients first, so bucket 0 holds the last parameters and is the first one
-/// complete. A bucket is closed once it reaches its cap (the parameter that crosses the cap
-/// stays in it, so a parameter larger than the cap gets a bucket of its own), as PyTorch does.
+/// complete. A bucket is closed once it reaches its cap. A parameter that would take a bucket past
+/// its cap starts the next bucket instead when the bucket already holds half its cap; otherwise
+/// it joins (so no bucket is a sliver, and a parameter larger than the cap that arrives first is a
+/// bucket of its own). PyTorch DDP always lets the crossing parameter join: with two 16 MB layers
+/// under a 25 MB cap that makes one 32 MB bucket that can only launch after the earlier layer's
+/// backward; here the later layer's bucket launches while the earlier one is still in backward.
 public struct GradientBucketLayout: Equatable, Sendable {
     public struct Bucket: Equatable, Sendable {
         /// Indices into the parameter list, in the order they sit in the bucket.
@@ -48,15 +52,17 @@ public struct GradientBucketLayout: Equatable, Sendable {
         let bytes = MemoryLayout<Float>.stride
         var buckets: [Bucket] = []
         var members: [Int] = [], offsets: [Int] = [], filled = 0
+        func close() {
+            buckets.append(Bucket(parameters: members, offsets: offsets, elementCount: filled))
+            members = []; offsets = []; filled = 0
+        }
         for index in elementCounts.indices.reversed() {
+            let cap = buckets.isEmpty ? options.firstCapBytes : options.capBytes
+            if 2 * filled * bytes >= cap, (filled + elementCounts[index]) * bytes > cap { close() }
             members.append(index)
             offsets.append(filled)
             filled += elementCounts[index]
-            let cap = buckets.isEmpty ? options.firstCapBytes : options.capBytes
-            if filled * bytes >= cap {
-                buckets.append(Bucket(parameters: members, offsets: offsets, elementCount: filled))
-                members = []; offsets = []; filled = 0
-            }
+            if filled * bytes >= (buckets.isEmpty ? options.firstCapBytes : options.capBytes) { close() }
         }
         if !members.isEmpty {
             buckets.append(Bucket(parameters: members, offsets: offsets, elementCount: filled))
@@ -290,17 +296,19 @@ public final class GradientBuckets {
         }
         let waitStart = timeline?.now ?? 0
         defer { timeline?.record("wait for gradients", .wait, start: waitStart, end: timeline?.now ?? 0) }
+        // Each bucket is written back as soon as it is reduced, so copying the early buckets
+        // overlaps the later buckets' allreduces (nothing is written back once one has failed).
         var failure: Error?
         for (index, request) in requests.enumerated() {
             do {
                 try request?.wait()
+                if failure == nil { writeBack(index) }
             } catch {
                 failure = failure ?? DataParallelError.from(error, operation: "gradient allreduce of bucket \(index)")
             }
         }
         lastReport.communicationSeconds = durations.values
         if let failure { throw failure }
-        for index in layout.buckets.indices { writeBack(index) }
     }
 
     /// Waits for every launched bucket, ignoring their errors: after a failure the buffers must

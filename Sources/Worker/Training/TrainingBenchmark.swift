@@ -28,12 +28,15 @@ public enum TrainingBenchmark {
         /// Alternating rounds of the 1-rank and N-rank measurement; the medians are reported, so
         /// one disturbed window on a shared machine does not decide the scaling figure.
         public var rounds: Int
+        /// When set, the last N-rank round's compute and communication spans of every rank are
+        /// written there as one Chrome trace (as `train --timeline`).
+        public var timeline: URL?
 
         public init(widths: [Int] = [512, 2048, 2048, 2048, 512], batchPerRank: Int = 64, warmupSteps: Int = 2,
                     steps: Int = 6, pipelineMicroBatches: [Int] = [2, 4, 8],
                     pipelineWidths: [Int] = [1024, 1024, 1024, 1024, 1024], pipelineBatch: Int = 256,
                     algorithm: AllreduceAlgorithm = .native, bucketCapBytes: Int = GradientBucketOptions().capBytes,
-                    rounds: Int = 3) {
+                    rounds: Int = 3, timeline: URL? = nil) {
             self.widths = widths
             self.batchPerRank = batchPerRank
             self.warmupSteps = warmupSteps
@@ -44,6 +47,7 @@ public enum TrainingBenchmark {
             self.algorithm = algorithm
             self.bucketCapBytes = bucketCapBytes
             self.rounds = max(1, rounds)
+            self.timeline = timeline
         }
     }
 
@@ -92,6 +96,7 @@ public enum TrainingBenchmark {
         let ranks = group?.size ?? world.size
         let transport = group?[0].kind ?? world.kind
         var singles: [Double] = [], parallels: [Measurement] = []
+        var lastTimelines: [Timeline] = []
         for _ in 0 ..< options.rounds {
             // Rank 0 measures alone while the others wait at a barrier.
             world.timeout = max(savedTimeout, 3600)
@@ -107,8 +112,22 @@ public enum TrainingBenchmark {
                 let timelines = [Timeline(rank: 0), Timeline(rank: 1)]
                 try group.run { comm in results[comm.rank] = try measureDataParallel(on: comm, options: options, timeline: timelines[comm.rank]) }
                 parallels.append(results[0]!)
+                lastTimelines = timelines
             } else {
-                parallels.append(try measureDataParallel(on: world, options: options, timeline: Timeline(rank: world.rank)))
+                let timeline = Timeline(rank: world.rank)
+                parallels.append(try measureDataParallel(on: world, options: options, timeline: timeline))
+                lastTimelines = [timeline]
+            }
+        }
+        if let url = options.timeline {
+            if group != nil {
+                do {
+                    try Timeline.chromeTrace(lastTimelines.flatMap(\.spans)).write(to: url, options: .atomic)
+                } catch {
+                    throw TimelineError.cannotWrite(path: url.path, reason: "\(error.localizedDescription)")
+                }
+            } else {
+                try lastTimelines[0].writeMerged(to: url, over: world)
             }
         }
         var pipeline: [PipelineRow]
