@@ -246,7 +246,7 @@ final class JobSpecTests: XCTestCase {
         let root = LocalJobLauncher(store: store, mpirun: "mpirun", trainProgram: "/opt/train", cores: 2, isRoot: true)
         let argv = root.command(for: spec, hostfile: nil)
         XCTAssertEqual(argv.prefix(3), ["mpirun", "--allow-run-as-root", "--oversubscribe"])
-        XCTAssertEqual(argv.suffix(5), ["-np", "4", "/opt/train", "--config", "/cfg.yaml"])
+        XCTAssertEqual(argv.suffix(6), ["-np", "4", "/opt/train", "--config", "/cfg.yaml", "--resume-if-present"])
         XCTAssertTrue(argv.contains("SURA_THREADS=1"))
         XCTAssertFalse(argv.contains("--bind-to"))
 
@@ -260,7 +260,7 @@ final class JobSpecTests: XCTestCase {
         let hosted = user.command(for: spec, hostfile: "/jobs/x/hostfile")
         XCTAssertTrue(hosted.contains("--oversubscribe"), "4 ranks on 3 listed slots")
         XCTAssertEqual(Array(hosted[hosted.firstIndex(of: "--bind-to")!...].prefix(2)), ["--bind-to", "none"])
-        XCTAssertEqual(Array(hosted.suffix(5).prefix(2)), ["--hostfile", "/jobs/x/hostfile"])
+        XCTAssertEqual(Array(hosted.suffix(6).prefix(2)), ["--hostfile", "/jobs/x/hostfile"])
         XCTAssertTrue(hosted.contains("OMP_NUM_THREADS=2"))
         XCTAssertLessThan(hosted.firstIndex(of: "--mca")!, hosted.firstIndex(of: "-np")!)
         XCTAssertEqual(LocalJobLauncher.hostfileText(spec.hosts), "n1 slots=2\nn2 slots=1\n")

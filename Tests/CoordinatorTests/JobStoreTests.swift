@@ -89,7 +89,7 @@ final class JobStoreTests: XCTestCase {
         expected.submittedAt = saved.submittedAt
         XCTAssertEqual(saved, expected)
         XCTAssertEqual(saved.command.first, launcher.mpirun)
-        XCTAssertEqual(saved.command.suffix(3), [launcher.trainProgram, "--config", record.spec.config])
+        XCTAssertEqual(saved.command.suffix(4), [launcher.trainProgram, "--config", record.spec.config, "--resume-if-present"])
         XCTAssertTrue(saved.id.hasPrefix("ok-"), saved.id)
         XCTAssertNotNil(saved.pid)
         let jobYAML = store.folder(record.id).appendingPathComponent("job.yaml")

@@ -79,7 +79,8 @@ public struct LocalJobLauncher {
         for (name, value) in spec.rankEnvironment { argv += ["-x", "\(name)=\(value)"] }
         argv += ["-np", "\(spec.ranks)"]
         if let hostfile { argv += ["--hostfile", hostfile] }
-        argv += [trainProgram, "--config", spec.config]
+        // As the MPIJob and Slurm renderings do: submitting the job again continues its run.
+        argv += [trainProgram, "--config", spec.config, "--resume-if-present"]
         return argv
     }
 
