@@ -138,6 +138,30 @@ public enum CollectiveSelfTest {
             }
             try agree("send/receive", problem)
 
+            // Posted sends: several large ones in flight at once arrive in order, and finish.
+            problem = nil
+            if r == 0 {
+                // Allocated buffers: a posted send reads its buffer after startSend returns.
+                let messages = (0 ..< 3).map { k -> UnsafeMutableBufferPointer<Float> in
+                    let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: 100_000)
+                    for i in 0 ..< 100_000 { buffer[i] = Float(k * 1_000_000 + i) }
+                    return buffer
+                }
+                defer { for buffer in messages { buffer.deallocate() } }
+                var posted: [PostedSend] = []
+                for peer in 1 ..< n {
+                    for message in messages { posted.append(try comm.startSend(UnsafeBufferPointer(message), to: peer, tag: 6)) }
+                }
+                for send in posted { try send.finish() }
+            } else {
+                for k in 0 ..< 3 {
+                    let values = try comm.receive(count: 100_000, from: 0, tag: 6)
+                    problem = problem ?? firstDifference(values, (0 ..< 100_000).map { Float(k * 1_000_000 + $0) },
+                                                         what: "posted send \(k)")
+                }
+            }
+            try agree("posted sends", problem)
+
             // A wrong-sized message is reported with the sender's rank.
             problem = nil
             if r == 0 {

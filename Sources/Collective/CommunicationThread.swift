@@ -28,7 +28,11 @@ public final class CollectiveRequest {
     /// last peer stopped answering.
     public func wait() throws {
         condition.lock()
-        while !finished { condition.wait() }
+        if !finished {
+            BlockedWaiters.shared.add(1)
+            while !finished { condition.wait() }
+            BlockedWaiters.shared.add(-1)
+        }
         let error = failure
         condition.unlock()
         if let error { throw error }
@@ -174,15 +178,39 @@ struct Deadline {
     }
 }
 
+/// How many threads of this process are blocked in `CollectiveRequest.wait()`: while one is, the
+/// job it waits for is on its critical path.
+final class BlockedWaiters: @unchecked Sendable {
+    static let shared = BlockedWaiters()
+    private let lock = NSLock()
+    private var count = 0
+
+    func add(_ delta: Int) {
+        lock.lock()
+        count += delta
+        lock.unlock()
+    }
+
+    var anyone: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return count > 0
+    }
+}
+
 /// Waiting between polls of an MPI request: yield the core for the first couple of milliseconds
 /// (latency matters for small messages), then sleep with growing pauses up to half a millisecond
-/// so a communication thread does not steal a core from backward on a small machine.
+/// so a communication thread does not steal a core from backward on a small machine. While a
+/// thread of this process is blocked waiting for a background job (a pipeline stage for its next
+/// input, training for the last gradient bucket) the core has nothing else to run, so the
+/// yielding goes on for up to 100 ms: a sleeping poll would add up to its pause to every such wait.
 struct PollingBackoff {
     private let start = DispatchTime.now().uptimeNanoseconds
     private var sleepMicros: UInt32 = 20
 
     mutating func pause() {
-        if DispatchTime.now().uptimeNanoseconds - start < 2_000_000 {
+        let elapsed = DispatchTime.now().uptimeNanoseconds - start
+        if elapsed < 2_000_000 || (elapsed < 100_000_000 && BlockedWaiters.shared.anyone) {
             sched_yield()
             return
         }

@@ -124,9 +124,35 @@ public protocol Communicator: AnyObject {
     /// submit the same jobs in the same order. Memory the job touches must stay valid until
     /// `wait()` returns.
     func runInBackground(_ job: @escaping (Communicator) throws -> Void) -> CollectiveRequest
+    /// Posts a send of `buffer` to `peer` and returns without waiting for the receiver (under
+    /// MPI an `MPI_Isend`); `finish()` of the result waits for it, on the thread that posted it.
+    /// `buffer` must stay valid and untouched until then. Messages to one peer still arrive in
+    /// the order they were posted. The default sends at once (so `finish()` has nothing to do).
+    func startSend(_ buffer: UnsafeBufferPointer<Float>, to peer: Int, tag: Int) throws -> PostedSend
+}
+
+/// A send started with `Communicator.startSend`.
+public final class PostedSend {
+    private var completion: (() throws -> Void)?
+
+    init(completion: (() throws -> Void)?) {
+        self.completion = completion
+    }
+
+    /// Waits until the receiver has taken the message (bounded by the communicator's timeout).
+    public func finish() throws {
+        guard let completion else { return }
+        self.completion = nil
+        try completion()
+    }
 }
 
 extension Communicator {
+    public func startSend(_ buffer: UnsafeBufferPointer<Float>, to peer: Int, tag: Int) throws -> PostedSend {
+        try send(buffer, to: peer, tag: tag)
+        return PostedSend(completion: nil)
+    }
+
     /// Starts `allreduce(buffer, op)` on the communication thread and returns at once, so
     /// gradient buckets can be reduced while backward continues. `buffer` must stay valid and
     /// untouched until `wait()` returns. Under MPI the job is `MPI_Iallreduce`, polled to

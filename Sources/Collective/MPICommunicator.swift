@@ -156,6 +156,19 @@ public final class MPICommunicator: Communicator {
                     to: peer, tag: tag, operation: "send to rank \(peer)")
     }
 
+    public func startSend(_ buffer: UnsafeBufferPointer<Float>, to peer: Int, tag: Int) throws -> PostedSend {
+        let operation = "send to rank \(peer)"
+        try ArgumentCheck.peer(peer, size: size, operation: operation)
+        try ArgumentCheck.tag(tag, operation: operation)
+        try ArgumentCheck.count(buffer.count, operation: operation)
+        var request: MPI_Request?
+        try MPIRuntime.check(MPIRuntime.call {
+            MPI_Isend(buffer.baseAddress, Int32(buffer.count), sura_mpi_float(), Int32(peer), Int32(tag), handle, &request)
+        }, "MPI_Isend")
+        channel.countSent(buffer.count * MemoryLayout<Float>.stride)
+        return PostedSend { [self] in try complete(request, operation: operation, peers: [peer]) }
+    }
+
     public func sendBytes(_ bytes: UnsafeRawBufferPointer, to peer: Int, tag: Int) throws {
         try sendRaw(bytes, type: sura_mpi_byte(), count: bytes.count, to: peer, tag: tag,
                     operation: "sendBytes to rank \(peer)")

@@ -53,7 +53,7 @@ public final class PipelineStage {
     /// Where compute and communication spans go, when set.
     public var timeline: Timeline?
     private let body: (Tensor, Int) throws -> Tensor
-    private var pendingSends: [(CollectiveRequest, String)] = []
+    private var pendingSends: [(CollectiveRequest, OutgoingMessage, String)] = []
 
     public var stage: Int { communicator.rank }
     public var stageCount: Int { communicator.size }
@@ -269,15 +269,23 @@ public final class PipelineStage {
     // The comm thread performs exactly the sequence of blocking calls the schedule lists, which
     // is what keeps it deadlock-free.
 
+    // A send job only posts its two messages and returns: had it waited for the receiver, the
+    // next send (and any receive) queued behind it on the communication thread would wait too,
+    // until that thread next got the core from the computing stage thread — milliseconds per
+    // micro-batch on a busy core, added to the bubble. The posted sends are finished at the end
+    // of the step (`finishSends`).
     private func send(_ tensor: Tensor, kind: Int, microBatch k: Int, to peer: Int) throws {
         let operation = "send of \(kind == 1 ? "activation" : "gradient") \(k) to stage \(peer)"
         let head = try header(kind: kind, microBatch: k, shape: tensor.shape)
-        let c = tensor.isContiguous ? tensor : tensor.contiguousCopy()
+        let message = OutgoingMessage(header: Tensor(shape: [head.count], data: head),
+                                      payload: tensor.isContiguous ? tensor : tensor.contiguousCopy())
         let request = submit(operation, .send) { channel in
-            try channel.send(head, to: peer, tag: Self.messageTag)
-            try channel.send(UnsafeBufferPointer(start: c.pointer, count: c.count), to: peer, tag: Self.messageTag)
+            for part in [message.header, message.payload] {
+                message.posted.append(try channel.startSend(UnsafeBufferPointer(start: part.pointer, count: part.count),
+                                                            to: peer, tag: Self.messageTag))
+            }
         }
-        pendingSends.append((request, operation))
+        pendingSends.append((request, message, operation))
     }
 
     private func receive(kind: Int, microBatch k: Int, from peer: Int) throws -> Tensor {
@@ -338,17 +346,33 @@ public final class PipelineStage {
         }
     }
 
-    /// Waits for every send still in flight; the first failure is thrown after all have ended.
+    /// Waits for every send still in flight (the jobs that post them, then, on the communication
+    /// thread, the receivers' taking them); the first failure is thrown after all have ended.
     private func finishSends() throws {
         var failure: Error?
-        for (request, operation) in pendingSends {
+        var posted: [(OutgoingMessage, String)] = []
+        for (request, message, operation) in pendingSends {
             do {
                 try wait(for: request, operation)
+                posted.append((message, operation))
             } catch {
                 failure = failure ?? error
             }
         }
         pendingSends.removeAll()
+        if !posted.isEmpty {
+            let stage = self.stage
+            let errors = SendFailures()
+            let finishing = communicator.runInBackground { _ in
+                for (message, operation) in posted {
+                    for send in message.posted {
+                        do { try send.finish() } catch { errors.record(Self.translate(error, stage: stage, operation: operation)) }
+                    }
+                }
+            }
+            try? finishing.wait()
+            if let first = errors.first { failure = failure ?? first }
+        }
         if let failure { throw failure }
     }
 
@@ -364,4 +388,36 @@ public final class PipelineStage {
 /// completion orders the write before the read).
 private final class Arrival: @unchecked Sendable {
     var tensor: Tensor?
+}
+
+/// A message a stage posted: header and payload stay alive (their memory untouched) until its
+/// sends are finished.
+private final class OutgoingMessage: @unchecked Sendable {
+    let header: Tensor
+    let payload: Tensor
+    /// Written by the communication thread's posting job, read by its finishing job.
+    var posted: [PostedSend] = []
+
+    init(header: Tensor, payload: Tensor) {
+        self.header = header
+        self.payload = payload
+    }
+}
+
+/// The first failure among a step's sends, recorded on the communication thread.
+private final class SendFailures: @unchecked Sendable {
+    private let lock = NSLock()
+    private var errors: [Error] = []
+
+    func record(_ error: Error) {
+        lock.lock()
+        errors.append(error)
+        lock.unlock()
+    }
+
+    var first: Error? {
+        lock.lock()
+        defer { lock.unlock() }
+        return errors.first
+    }
 }

@@ -208,7 +208,14 @@ public enum TrainingBenchmark {
         for kind in PipelineSchedule.Kind.allCases {
             for m in options.pipelineMicroBatches where options.pipelineBatch % m == 0 {
                 let size = options.pipelineBatch / m
-                let x = (0 ..< m).map { ProbeModel.rows(data.x, ($0 * size) ..< (($0 + 1) * size)) }
+                // Stage 0's input needs a gradient, as every later stage's does: otherwise stage 0
+                // skips its first layer's input-gradient GEMM and runs a sixth faster than stage 1,
+                // an imbalance that (p−1)/(m+p−1) does not model and that would read as bubble.
+                let x = (0 ..< m).map { k -> Tensor in
+                    let rows = ProbeModel.rows(data.x, (k * size) ..< ((k + 1) * size))
+                    rows.requiresGrad = true
+                    return rows
+                }
                 let y = (0 ..< m).map { ProbeModel.rows(data.y, ($0 * size) ..< (($0 + 1) * size)) }
                 var idle = 0.0
                 for step in 0 ..< options.warmupSteps + options.steps {
