@@ -158,14 +158,8 @@ public final class MPICommunicator: Communicator {
 
     public func startSend(_ buffer: UnsafeBufferPointer<Float>, to peer: Int, tag: Int) throws -> PostedSend {
         let operation = "send to rank \(peer)"
-        try ArgumentCheck.peer(peer, size: size, operation: operation)
-        try ArgumentCheck.tag(tag, operation: operation)
-        try ArgumentCheck.count(buffer.count, operation: operation)
-        var request: MPI_Request?
-        try MPIRuntime.check(MPIRuntime.call {
-            MPI_Isend(buffer.baseAddress, Int32(buffer.count), sura_mpi_float(), Int32(peer), Int32(tag), handle, &request)
-        }, "MPI_Isend")
-        channel.countSent(buffer.count * MemoryLayout<Float>.stride)
+        let request = try postRaw(UnsafeRawBufferPointer(buffer), type: sura_mpi_float(), count: buffer.count,
+                                  to: peer, tag: tag, operation: operation)
         return PostedSend { [self] in try complete(request, operation: operation, peers: [peer]) }
     }
 
@@ -176,6 +170,13 @@ public final class MPICommunicator: Communicator {
 
     private func sendRaw(_ bytes: UnsafeRawBufferPointer, type: MPI_Datatype, count: Int, to peer: Int,
                          tag: Int, operation: String) throws {
+        let request = try postRaw(bytes, type: type, count: count, to: peer, tag: tag, operation: operation)
+        try complete(request, operation: operation, peers: [peer])
+    }
+
+    /// Checks the arguments and posts `MPI_Isend`; the caller completes the request.
+    private func postRaw(_ bytes: UnsafeRawBufferPointer, type: MPI_Datatype, count: Int, to peer: Int,
+                         tag: Int, operation: String) throws -> MPI_Request? {
         try ArgumentCheck.peer(peer, size: size, operation: operation)
         try ArgumentCheck.tag(tag, operation: operation)
         try ArgumentCheck.count(count, operation: operation)
@@ -184,7 +185,7 @@ public final class MPICommunicator: Communicator {
             MPI_Isend(bytes.baseAddress, Int32(count), type, Int32(peer), Int32(tag), handle, &request)
         }, "MPI_Isend")
         channel.countSent(bytes.count)
-        try complete(request, operation: operation, peers: [peer])
+        return request
     }
 
     public func receive(into buffer: UnsafeMutableBufferPointer<Float>, from peer: Int, tag: Int) throws {

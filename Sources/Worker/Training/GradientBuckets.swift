@@ -56,17 +56,16 @@ public struct GradientBucketLayout: Equatable, Sendable {
             buckets.append(Bucket(parameters: members, offsets: offsets, elementCount: filled))
             members = []; offsets = []; filled = 0
         }
+        // The open bucket's cap (it changes once the first bucket has closed).
+        func cap() -> Int { buckets.isEmpty ? options.firstCapBytes : options.capBytes }
         for index in elementCounts.indices.reversed() {
-            let cap = buckets.isEmpty ? options.firstCapBytes : options.capBytes
-            if 2 * filled * bytes >= cap, (filled + elementCounts[index]) * bytes > cap { close() }
+            if 2 * filled * bytes >= cap(), (filled + elementCounts[index]) * bytes > cap() { close() }
             members.append(index)
             offsets.append(filled)
             filled += elementCounts[index]
-            if filled * bytes >= (buckets.isEmpty ? options.firstCapBytes : options.capBytes) { close() }
+            if filled * bytes >= cap() { close() }
         }
-        if !members.isEmpty {
-            buckets.append(Bucket(parameters: members, offsets: offsets, elementCount: filled))
-        }
+        if !members.isEmpty { close() }
         self.buckets = buckets
     }
 }
