@@ -309,8 +309,10 @@ final class GGUFTests: XCTestCase {
     // MARK: The real SmolLM2 model (skipped when the cache does not have it)
 
     private func realModelURL() throws -> URL {
-        let cache = ProcessInfo.processInfo.environment["SURA_CACHE"] ?? "/work/main/cache"
-        let url = URL(fileURLWithPath: cache).appendingPathComponent("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        // scripts/setup puts the models in the repository's cache/ (or SURA_CACHE).
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let cache = ProcessInfo.processInfo.environment["SURA_CACHE"].map { URL(fileURLWithPath: $0) } ?? repository.appendingPathComponent("cache")
+        let url = cache.appendingPathComponent("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
         guard FileManager.default.fileExists(atPath: url.path) else {
             throw XCTSkip("real model not in cache: \(url.path)")
         }

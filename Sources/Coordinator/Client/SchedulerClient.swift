@@ -244,16 +244,23 @@ final class ClientMailbox: @unchecked Sendable {
     }
 
     /// The I/O thread: forwards posted messages to the scheduler and replies to their waiters.
+    ///
+    /// Forwarding never blocks: a DEALER whose handshake failed (a refused CURVE key, a plain
+    /// client of a CURVE server) has no connection to queue on, and a blocking send would hold
+    /// this thread, and `close()` waiting for it, for good. Such messages wait here and are
+    /// offered again every poll; their callers time out as documented.
     static func loop(inbox: ZMQSocket, dealer: ZMQSocket, mailbox: ClientMailbox) {
         defer {
             inbox.close()
             dealer.close()
         }
+        var unsent: [[Data]] = []
         while !mailbox.isClosed {
-            guard let readable = try? ZMQSocket.pollReadable([inbox, dealer], timeout: 100) else { return }
+            guard let readable = try? ZMQSocket.pollReadable([inbox, dealer], timeout: unsent.isEmpty ? 100 : 10) else { return }
             if readable[0] {
-                while let message = try? inbox.receive(dontWait: true) { _ = try? dealer.send(message.frames) }
+                while let message = try? inbox.receive(dontWait: true) { unsent.append(message.frames) }
             }
+            while let next = unsent.first, (try? dealer.send(next, dontWait: true)) == true { unsent.removeFirst() }
             if readable[1] {
                 while let message = try? dealer.receive(dontWait: true) { mailbox.deliver(message.frames) }
             }

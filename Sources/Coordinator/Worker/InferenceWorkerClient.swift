@@ -88,6 +88,11 @@ public final class InferenceWorkerClient: @unchecked Sendable {
         return socket
     }
 
+    /// Sends READY if the connection can take it now; false if it must be offered again later.
+    private func offerReady(on socket: ZMQSocket) -> Bool {
+        (try? socket.send(readyFrames(), dontWait: true)) ?? false
+    }
+
     private func readyFrames() -> [Data] {
         WireProtocol.frames(WireProtocol.ready, [WireProtocol.encode(ReadyBody(
             name: configuration.name, pid: getpid(), maxBatch: configuration.maxBatch, executor: configuration.executorName))])
@@ -100,7 +105,6 @@ public final class InferenceWorkerClient: @unchecked Sendable {
             handshakes?.close()
         }
         var socket: ZMQSocket? = try makeSocket()
-        try socket!.send(readyFrames())
         log("worker \(configuration.name) connecting to \(configuration.scheduler)")
         let interval = configuration.heartbeatInterval
         var lastHeard = MonotonicClock.now()
@@ -108,7 +112,10 @@ public final class InferenceWorkerClient: @unchecked Sendable {
         var backoff = configuration.reconnectInitialDelay
         var reconnectAt: Double?
         var busyBatch: UInt64?
-        var owesReady = false
+        // READY still to be sent. Every send to the scheduler is non-blocking: a DEALER whose
+        // connection failed its handshake has no pipe, and a blocking send would wait there for
+        // good, deaf to requestStop and SIGTERM.
+        var owesReady = true
         var saidBye = false
         var byeSentAt = -Double.infinity
 
@@ -142,14 +149,9 @@ public final class InferenceWorkerClient: @unchecked Sendable {
                 reconnectAt = nil
                 lastHeard = now
                 lock.lock(); counters.reconnects += 1; lock.unlock()
-                if shouldStop {
-                    saidBye = false
-                } else if busyBatch == nil {
-                    try socket!.send(readyFrames())
-                } else {
-                    owesReady = true
-                }
+                if shouldStop { saidBye = false } else { owesReady = true }
             }
+            if owesReady, busyBatch == nil, !shouldStop, let socket, offerReady(on: socket) { owesReady = false }
             if let handshakes { for line in handshakes.reports(now: now) { log("worker \(configuration.name): " + line) } }
             var sockets = [runner.completions]
             if let socket { sockets.append(socket) }
@@ -162,8 +164,10 @@ public final class InferenceWorkerClient: @unchecked Sendable {
                 if case .images(let images, _) = outcome.result { counters.batches += 1; counters.images += images.count } else { counters.failures += 1 }
                 lock.unlock()
                 if let socket {
-                    try socket.send(outcome.frames())
-                    if owesReady { try socket.send(readyFrames()); owesReady = false }
+                    if !((try? socket.send(outcome.frames(), dontWait: true)) ?? false) {
+                        log("worker \(configuration.name): result of batch \(outcome.batchID) could not be sent; the scheduler re-queues it")
+                    }
+                    if owesReady, !shouldStop, offerReady(on: socket) { owesReady = false }
                 } else {
                     log("worker \(configuration.name): scheduler unreachable, result of batch \(outcome.batchID) dropped (it was re-queued)")
                 }
@@ -187,7 +191,7 @@ public final class InferenceWorkerClient: @unchecked Sendable {
                 socket = nil
                 reconnectAt = after + backoff
                 backoff = min(configuration.reconnectMaxDelay, backoff * 2)
-                owesReady = busyBatch != nil && !shouldStop
+                owesReady = !shouldStop
             }
         }
     }
@@ -203,20 +207,14 @@ public final class InferenceWorkerClient: @unchecked Sendable {
                 let body = try WireProtocol.decode(BatchBody.self, from: frame, what: "BATCH body")
                 if let running = busyBatch {
                     try socket.send(WireProtocol.frames(WireProtocol.failed, [WireProtocol.encode(FailedBody(
-                        batchID: body.batchID, message: "worker \(configuration.name) is still running batch \(running)"))]))
+                        batchID: body.batchID, message: "worker \(configuration.name) is still running batch \(running)"))]), dontWait: true)
                 } else {
                     busyBatch = body.batchID
                     runner.start(body)
                 }
             case WireProtocol.disconnect:
                 log("worker \(configuration.name): scheduler asked to register again")
-                if shouldStop {
-                    break
-                } else if busyBatch == nil {
-                    try socket.send(readyFrames())
-                } else {
-                    owesReady = true
-                }
+                if !shouldStop { owesReady = true }
             case WireProtocol.error:
                 let text = payload.first.map { String(decoding: $0, as: UTF8.self) } ?? ""
                 log("worker \(configuration.name): scheduler reported an error: \(text)")

@@ -237,8 +237,15 @@ final class HandshakeDiagnostics {
 
     private struct Watched {
         var name: String
+        weak var socket: ZMQSocket?
         var monitor: ZMQSocket
         var handshaking = false
+
+        /// The watched socket's monitor is stopped before its reader closes (see `ZMQSocket.close`).
+        func end() {
+            socket?.stopMonitor()
+            monitor.close()
+        }
     }
 
     let role: Role
@@ -259,22 +266,20 @@ final class HandshakeDiagnostics {
         let address = "inproc://sura-handshake-monitor-\(UUID().uuidString)"
         var events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
         if case .client = role { events |= ZMQ_EVENT_CONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED }
-        guard zmq_socket_monitor(try socket.live("zmq_socket_monitor"), address, events) == 0 else {
-            throw ZMQError.last("zmq_socket_monitor")
-        }
+        try socket.startMonitor(address: address, events: events)
         let monitor = try ZMQSocket(context: context, kind: .pair)
         try monitor.connect(address)
-        watched.append(Watched(name: name, monitor: monitor))
+        watched.append(Watched(name: name, socket: socket, monitor: monitor))
     }
 
     /// Stops watching the socket called `name`.
     func forget(_ name: String) {
-        for entry in watched where entry.name == name { entry.monitor.close() }
+        for entry in watched where entry.name == name { entry.end() }
         watched.removeAll { $0.name == name }
     }
 
     func close() {
-        for entry in watched { entry.monitor.close() }
+        for entry in watched { entry.end() }
         watched.removeAll()
     }
 

@@ -75,6 +75,8 @@ public final class ZMQSocket {
     public let kind: Kind
     private let context: ZMQContext
     private var handle: UnsafeMutableRawPointer?
+    /// True while libzmq's socket monitor publishes this socket's events.
+    private var monitored = false
 
     /// A socket of `kind` in `context`, with linger 0.
     public init(context: ZMQContext, kind: Kind) throws {
@@ -87,13 +89,32 @@ public final class ZMQSocket {
 
     deinit { close() }
 
-    /// Closes the socket; later calls throw `ENOTSOCK`.
+    /// Closes the socket; later calls throw `ENOTSOCK`. A monitor is stopped first: the closed
+    /// socket may linger (and reconnect) in libzmq's I/O thread, and an event it raised for a
+    /// reader that has gone would block that thread, and every `zmq_ctx_term` after it, for good.
     public func close() {
+        stopMonitor()
         if let handle { zmq_close(handle) }
         handle = nil
     }
 
-    /// The libzmq handle, or `ENOTSOCK` once closed (internal: the CURVE monitor needs it).
+    /// Has libzmq publish `events` (`ZMQ_EVENT_*`) of this socket on the inproc `address`, for
+    /// one PAIR socket to read. The reader must keep reading until `stopMonitor` or `close`.
+    func startMonitor(address: String, events: Int32) throws {
+        guard zmq_socket_monitor(try live("zmq_socket_monitor"), address, events) == 0 else {
+            throw ZMQError.last("zmq_socket_monitor")
+        }
+        monitored = true
+    }
+
+    /// Stops the monitor; libzmq closes its publishing end, so no event is sent after this returns.
+    func stopMonitor() {
+        guard monitored, let handle else { return }
+        zmq_socket_monitor(handle, nil, 0)
+        monitored = false
+    }
+
+    /// The libzmq handle, or `ENOTSOCK` once closed.
     func live(_ operation: String) throws -> UnsafeMutableRawPointer {
         guard let handle else { throw ZMQError(operation: operation, code: ENOTSOCK) }
         return handle
