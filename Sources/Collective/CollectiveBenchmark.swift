@@ -6,6 +6,10 @@ import Foundation
 /// For a buffer of S bytes reduced in t seconds over n ranks, bus bandwidth is
 /// busbw = S/t · 2(n−1)/n — the rate at which each rank's link carries data in an optimal ring,
 /// comparable across rank counts (the convention of nccl-tests). t is the slowest rank's time.
+///
+/// The two algorithms run in alternating rounds (ring first in even rounds, native first in odd
+/// ones) and each reports its median round: on a shared or virtual machine one disturbed window
+/// otherwise decides the ratio (single runs of 4 MB gave 0.55 … 1.20 within minutes).
 public enum CollectiveBenchmark {
     /// One buffer size.
     public struct Row: Sendable, Equatable {
@@ -13,9 +17,12 @@ public enum CollectiveBenchmark {
         public let bytes: Int
         public let ranks: Int
         public let iterations: Int
-        /// Seconds per allreduce, slowest rank.
-        public let ringSeconds: Double
-        public let nativeSeconds: Double
+        /// Seconds per allreduce in each round, slowest rank, in round order.
+        public let ringRounds: [Double]
+        public let nativeRounds: [Double]
+        /// The median round's seconds per allreduce.
+        public var ringSeconds: Double { CollectiveBenchmark.median(ringRounds) }
+        public var nativeSeconds: Double { CollectiveBenchmark.median(nativeRounds) }
         /// Name of the native allreduce, e.g. "MPI_Allreduce".
         public let nativeName: String
 
@@ -38,10 +45,11 @@ public enum CollectiveBenchmark {
     /// Measures every size; all ranks must call this together.
     /// - Parameters:
     ///   - sizesInBytes: buffer sizes S (rounded down to whole floats).
-    ///   - iterations: allreduces timed per size and algorithm; nil picks
+    ///   - iterations: allreduces timed per size, algorithm and round; nil picks
     ///     max(3, min(200, 256 MB / S)) so small sizes average out noise and large ones stay short.
+    ///   - rounds: alternating rounds per size (at least 1).
     public static func run(communicator: Communicator, sizesInBytes: [Int] = defaultSizes,
-                           iterations: Int? = nil) throws -> [Row] {
+                           iterations: Int? = nil, rounds: Int = 5) throws -> [Row] {
         let mpi = communicator as? MPICommunicator
         let nativeName = mpi == nil ? "native allreduce" : "MPI_Allreduce"
         var rows: [Row] = []
@@ -52,25 +60,40 @@ public enum CollectiveBenchmark {
             let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
             defer { buffer.deallocate() }
             buffer.initialize(repeating: 0)
-            let ring = try time(communicator, repeats) {
-                try RingAllreduce.allreduce(buffer, op: .sum, on: communicator)
-            }
-            let native = try time(communicator, repeats) {
+            let ring = { try RingAllreduce.allreduce(buffer, op: .sum, on: communicator) }
+            let native = {
                 if let mpi {
                     try mpi.allreduceBlocking(buffer, op: .sum)
                 } else {
                     try communicator.allreduce(buffer, op: .sum)
                 }
             }
-            rows.append(Row(bytes: count * MemoryLayout<Float>.stride, ranks: communicator.size,
-                            iterations: repeats, ringSeconds: ring, nativeSeconds: native, nativeName: nativeName))
+            // One untimed call of each first: buffers, connections and MPI's own segments warm up.
+            try ring()
+            try native()
+            var ringRounds: [Double] = [], nativeRounds: [Double] = []
+            for round in 0 ..< max(1, rounds) {
+                if round % 2 == 0 {
+                    ringRounds.append(try time(communicator, repeats, ring))
+                    nativeRounds.append(try time(communicator, repeats, native))
+                } else {
+                    nativeRounds.append(try time(communicator, repeats, native))
+                    ringRounds.append(try time(communicator, repeats, ring))
+                }
+            }
+            rows.append(Row(bytes: count * MemoryLayout<Float>.stride, ranks: communicator.size, iterations: repeats,
+                            ringRounds: ringRounds, nativeRounds: nativeRounds, nativeName: nativeName))
         }
         return rows
     }
 
-    /// Seconds per call of `body`, the slowest rank's, after one untimed warm-up call.
+    /// The middle value (the upper one of the two middles for an even count); 0 for none.
+    static func median(_ values: [Double]) -> Double {
+        values.isEmpty ? 0 : values.sorted()[values.count / 2]
+    }
+
+    /// Seconds per call of `body`, the slowest rank's.
     private static func time(_ communicator: Communicator, _ repeats: Int, _ body: () throws -> Void) throws -> Double {
-        try body()
         try communicator.barrier()
         let start = DispatchTime.now().uptimeNanoseconds
         for _ in 0 ..< repeats { try body() }
@@ -87,7 +110,7 @@ public enum CollectiveBenchmark {
         guard let first = rows.first else { return "allreduce benchmark: no sizes measured\n" }
         let native = first.nativeName
         var lines = ["allreduce, \(first.ranks) rank\(first.ranks == 1 ? "" : "s"): "
-            + "busbw = S/t · 2(n−1)/n, t = slowest rank"]
+            + "busbw = S/t · 2(n−1)/n, t = slowest rank, median of \(first.ringRounds.count) alternating rounds"]
         if first.ranks == 1 {
             lines.append("(one rank moves no data: bandwidths are 0, the ratio compares times)")
         }

@@ -23,13 +23,17 @@ struct CollectiveBench: ParsableCommand {
         commandName: "collective",
         abstract: "Allreduce bus bandwidth (busbw = S/t·2(n−1)/n), ring vs MPI_Allreduce; run under mpirun.")
 
-    @Option(help: "Iterations per size (default: chosen per size).")
+    @Option(help: "Iterations per size, algorithm and round (default: chosen per size).")
     var iterations: Int?
+
+    @Option(help: "Alternating rounds of ring and MPI_Allreduce per size; medians are reported.")
+    var rounds = 5
 
     func run() throws {
         if let iterations, iterations < 1 { throw ValidationError("--iterations must be at least 1") }
+        if rounds < 1 { throw ValidationError("--rounds must be at least 1") }
         try runOnWorld { world in
-            let rows = try CollectiveBenchmark.run(communicator: world, iterations: iterations)
+            let rows = try CollectiveBenchmark.run(communicator: world, iterations: iterations, rounds: rounds)
             return "ranks=\(world.size) (\(world.kind))\n" + CollectiveBenchmark.format(rows)
         }
     }

@@ -262,12 +262,16 @@ final class InProcessCollectiveTests: XCTestCase {
         let rows = Collected<[CollectiveBenchmark.Row]>(size: 2)
         runGroup(size: 2) { comm in
             rows[comm.rank] = try CollectiveBenchmark.run(communicator: comm, sizesInBytes: [4096, 65536],
-                                                          iterations: 2)
+                                                          iterations: 2, rounds: 3)
         }
         let measured = rows[0] ?? []
         XCTAssertEqual(measured.map(\.bytes), [4096, 65536])
-        XCTAssertEqual(rows[1]?.map(\.ringSeconds), measured.map(\.ringSeconds), "t is the slowest rank's, on all")
+        XCTAssertEqual(rows[1]?.map(\.ringRounds), measured.map(\.ringRounds), "t is the slowest rank's, on all")
         for row in measured {
+            XCTAssertEqual(row.ringRounds.count, 3)
+            XCTAssertEqual(row.nativeRounds.count, 3)
+            XCTAssertEqual(row.ringSeconds, row.ringRounds.sorted()[1], "the median round")
+            XCTAssertEqual(row.nativeSeconds, row.nativeRounds.sorted()[1])
             XCTAssertGreaterThan(row.ringSeconds, 0)
             XCTAssertGreaterThan(row.nativeSeconds, 0)
             XCTAssertEqual(row.ringBusBandwidth, Double(row.bytes) / row.ringSeconds * 2 * 1 / 2 / 1e9, accuracy: 1e-9)
@@ -276,6 +280,7 @@ final class InProcessCollectiveTests: XCTestCase {
         let table = CollectiveBenchmark.format(measured)
         XCTAssertTrue(table.contains("ring/native allreduce"), table)
         XCTAssertTrue(table.contains("64 KB"), table)
+        XCTAssertTrue(table.contains("median of 3 alternating rounds"), table)
         XCTAssertEqual(table.split(separator: "\n").count, 4, table)
         XCTAssertEqual(CollectiveBenchmark.defaultSizes.first, 4096)
         XCTAssertEqual(CollectiveBenchmark.defaultSizes.last, 64 << 20)
