@@ -260,7 +260,9 @@ final class ClientMailbox: @unchecked Sendable {
             if readable[0] {
                 while let message = try? inbox.receive(dontWait: true) { unsent.append(message.frames) }
             }
-            while let next = unsent.first, (try? dealer.send(next, dontWait: true)) == true { unsent.removeFirst() }
+            var sent = 0
+            while sent < unsent.count, (try? dealer.send(unsent[sent], dontWait: true)) == true { sent += 1 }
+            unsent.removeFirst(sent)
             if readable[1] {
                 while let message = try? dealer.receive(dontWait: true) { mailbox.deliver(message.frames) }
             }

@@ -164,10 +164,10 @@ public final class InferenceWorkerClient: @unchecked Sendable {
                 if case .images(let images, _) = outcome.result { counters.batches += 1; counters.images += images.count } else { counters.failures += 1 }
                 lock.unlock()
                 if let socket {
+                    // A READY still owed goes at the top of the next pass, before the next poll.
                     if !((try? socket.send(outcome.frames(), dontWait: true)) ?? false) {
                         log("worker \(configuration.name): result of batch \(outcome.batchID) could not be sent; the scheduler re-queues it")
                     }
-                    if owesReady, !shouldStop, offerReady(on: socket) { owesReady = false }
                 } else {
                     log("worker \(configuration.name): scheduler unreachable, result of batch \(outcome.batchID) dropped (it was re-queued)")
                 }
