@@ -175,11 +175,14 @@ extension Tensor {
         }
     }
 
-    /// Adds `g` into `grad` (allocating it on first use), the way PyTorch accumulates leaf gradients,
+    /// Adds `g` into `grad` (on first use a copy, into `gradientBuffer` when set), the way PyTorch accumulates leaf gradients,
     /// then tells this thread's gradient observer, if any.
     func accumulateGrad(_ g: Tensor) {
         if let existing = grad {
             existing.addInPlace(g)
+        } else if let buffer = gradientBuffer {
+            g.copyStrided(into: buffer.pointer)
+            grad = buffer
         } else {
             grad = g.contiguousCopy()
         }

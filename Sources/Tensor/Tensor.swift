@@ -17,6 +17,19 @@ public final class Tensor: CustomStringConvertible, @unchecked Sendable {
     public var grad: Tensor?
     /// Keep the gradient of an intermediate tensor (like PyTorch's `retain_grad()`).
     public var retainsGrad: Bool = false
+    /// Where the first gradient accumulated after `zeroGrad` is written: a contiguous tensor of
+    /// this shape, such as a view into a data-parallel gradient bucket (PyTorch DDP's
+    /// `gradient_as_bucket_view`). `grad` then becomes this tensor instead of a fresh copy, so the
+    /// bucket needs no copy in before its allreduce nor out after it. Whoever sets it owns the
+    /// values there: the next first accumulation overwrites them.
+    public var gradientBuffer: Tensor? {
+        didSet {
+            if let buffer = gradientBuffer {
+                precondition(buffer.shape == shape && buffer.isContiguous,
+                             "gradientBuffer must be contiguous with shape \(shape), got \(buffer.shape)")
+            }
+        }
+    }
     var node: GradNode?
 
     /// A view of `storage`.

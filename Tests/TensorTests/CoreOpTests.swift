@@ -184,6 +184,30 @@ final class CoreOpTests: XCTestCase {
         XCTAssertTrue(GradMode.isEnabled)
     }
 
+    func testAGradientBufferReceivesTheFirstAccumulationAndThenAccumulates() {
+        let w = Tensor(shape: [2, 2], data: [1, 2, 3, 4]).asParameter()
+        let home = Tensor(storage: TensorStorage([9, 9, 9, 9, 9, 9]), shape: [2, 2], offset: 1)
+        w.gradientBuffer = home
+        let x = Tensor(shape: [1, 2], data: [1, 2])
+        // d/dw sum(x·w) arrives as a transposed view; it is written into the window in row order.
+        x.matmul(w).sum().backward()
+        XCTAssertTrue(w.grad === home)
+        XCTAssertEqual(home.storage.pointer[0], 9)
+        XCTAssertEqual(home.scalars, [1, 1, 2, 2])
+        XCTAssertEqual(home.storage.pointer[5], 9, "nothing written past the window")
+        x.matmul(w).sum().backward()
+        XCTAssertEqual(home.scalars, [2, 2, 4, 4])
+        w.zeroGrad()
+        (w * 3).sum().backward()
+        XCTAssertTrue(w.grad === home)
+        XCTAssertEqual(home.scalars, [3, 3, 3, 3], "after zeroGrad the window is overwritten, not added to")
+        w.gradientBuffer = nil
+        w.zeroGrad()
+        (w * 3).sum().backward()
+        XCTAssertFalse(w.grad === home)
+        XCTAssertEqual(home.scalars, [3, 3, 3, 3])
+    }
+
     func testGradientCheckerRejectsAWrongGradient() {
         // d/dx x² is 2x; an op that claims x must be caught.
         func wrongSquare(_ x: Tensor) -> Tensor {

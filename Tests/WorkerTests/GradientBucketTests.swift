@@ -137,6 +137,37 @@ final class GradientBucketTests: SingleThreadedTestCase {
         }
     }
 
+    func testGradientsAreWindowsOfTheBucketsAndStayCorrectOverSteps() {
+        let results = PerRank<[[Float]]>(size: 2)
+        runRanksExpectingSuccess(2) { comm in
+            let w = Tensor(shape: [2, 3], data: [1, 2, 3, 4, 5, 6]).asParameter()
+            let b = Tensor(shape: [3], data: [0, 0, 0]).asParameter()
+            let early = Tensor(shape: [3], data: [7, 7, 7])
+            let parameters = [(name: "w", tensor: w), (name: "b", tensor: b)]
+            let replica = try DataParallelReplica(parameters: parameters, communicator: comm)
+            // A gradient from before the replica existed is not in a bucket: it is copied in and out.
+            b.grad = early
+            let x = Tensor(shape: [1, 2], data: [1, Float(comm.rank + 1)])
+            var seen: [[Float]] = []
+            for step in 0 ..< 3 {
+                let scale = Float(step + 1)
+                try replica.backward((x.matmul(w) + b).sum() * scale)
+                // The average lands in the window itself (no copy), w's and b's both after step 0.
+                XCTAssertTrue(w.grad === w.gradientBuffer, "rank \(comm.rank) step \(step): w's grad is not its window")
+                if step > 0 { XCTAssertTrue(b.grad === b.gradientBuffer, "step \(step): b's grad is not its window") }
+                seen.append(w.grad!.scalars + b.grad!.scalars)
+                w.zeroGrad(); b.zeroGrad()
+            }
+            results[comm.rank] = seen
+        }
+        // dL/dw[i][j] = scale·x[i], averaged over x = [1, 1] and [1, 2]; dL/db = scale (plus 7 at step 0).
+        for rank in 0 ..< 2 {
+            XCTAssertEqual(results[rank]?[0], [1, 1, 1, 1.5, 1.5, 1.5, 8, 8, 8])
+            XCTAssertEqual(results[rank]?[1], [2, 2, 2, 3, 3, 3, 2, 2, 2])
+            XCTAssertEqual(results[rank]?[2], [3, 3, 3, 4.5, 4.5, 4.5, 3, 3, 3])
+        }
+    }
+
     // MARK: Stalls
 
     func testStallNamesTheRankThatNeverArrives() {

@@ -46,6 +46,9 @@ final class TrainingSelfTestTests: SingleThreadedTestCase {
         XCTAssertEqual(report.parallelRounds.count, 3)
         XCTAssertEqual(report.singleSamplesPerSecond, report.singleRounds.sorted()[1], "the median round")
         XCTAssertEqual(report.parallelSamplesPerSecond, report.parallelRounds.sorted()[1], "the median round")
+        XCTAssertEqual(report.unsynchronizedRounds.count, 3)
+        XCTAssertEqual(report.unsynchronizedSamplesPerSecond, report.unsynchronizedRounds.sorted()[1], "the median round")
+        XCTAssertGreaterThan(report.computeOnlyEfficiency, 0)
         XCTAssertGreaterThan(report.singleSamplesPerSecond, 0)
         XCTAssertGreaterThan(report.parallelSamplesPerSecond, 0)
         XCTAssertGreaterThanOrEqual(report.hiddenCommunicationShare, 0)
@@ -54,6 +57,7 @@ final class TrainingSelfTestTests: SingleThreadedTestCase {
         XCTAssertEqual(report.pipeline.first?.theoreticalIdle ?? 0, 1.0 / 3.0, accuracy: 1e-12)
         let table = TrainingBenchmark.format(report)
         XCTAssertTrue(table.contains("scaling efficiency"), table)
+        XCTAssertTrue(table.contains("no gradient sync"), table)
         XCTAssertTrue(table.contains("(p-1)/(m+p-1)"), table)
     }
 }

@@ -146,7 +146,13 @@ public final class GradientBuckets {
     /// The report of the latest `reduce(during:)`.
     public private(set) var lastReport = GradientSyncReport()
 
+    /// Each bucket's gradients then its presence flags; `views[i]` are its parameters' windows.
+    private let storages: [TensorStorage]
     private let buffers: [UnsafeMutableBufferPointer<Float>]
+    /// Each parameter's window in its bucket, also set as the parameter's `gradientBuffer`: a
+    /// gradient accumulated there is already in place for the allreduce, and the average lands
+    /// straight in `grad` (no 2 × S copies a step).
+    private let views: [Tensor]
     private let slot: [ObjectIdentifier: (bucket: Int, position: Int)]
     private var remaining: [Int] = []
     private var requests: [CollectiveRequest?] = []
@@ -183,17 +189,36 @@ public final class GradientBuckets {
             }
         }
         self.slot = slot
-        buffers = layout.buckets.map { bucket in
-            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: bucket.elementCount + bucket.parameters.count)
-            buffer.initialize(repeating: 0)
-            return buffer
+        storages = layout.buckets.map { TensorStorage(count: $0.elementCount + $0.parameters.count) }
+        buffers = zip(storages, layout.buckets).map { storage, bucket in
+            UnsafeMutableBufferPointer(start: storage.pointer, count: bucket.elementCount + bucket.parameters.count)
+        }
+        var views = [Tensor?](repeating: nil, count: parameters.count)
+        for (b, bucket) in layout.buckets.enumerated() {
+            for (position, index) in bucket.parameters.enumerated() {
+                let tensor = parameters[index].tensor
+                views[index] = Tensor(storage: storages[b], shape: tensor.shape, offset: bucket.offsets[position])
+            }
+        }
+        self.views = views.map { $0! }
+        for (index, (_, tensor)) in parameters.enumerated() {
+            // A gradient accumulated before this point is elsewhere; `launch` copies it in.
+            tensor.gradientBuffer = self.views[index]
         }
         durations = DurationTable(count: layout.buckets.count)
     }
 
     deinit {
-        // A failed sync has already waited for its requests, so no job still uses the buffers.
-        for buffer in buffers { buffer.deallocate() }
+        // A failed sync has already waited for its requests, so no job still uses the buffers;
+        // the parameters stop writing into them (a `grad` that is a window keeps its storage).
+        for (index, (_, tensor)) in parameters.enumerated() where tensor.gradientBuffer === views[index] {
+            tensor.gradientBuffer = nil
+        }
+    }
+
+    /// Whether `tensor`'s gradient is parameter `index`'s window in its bucket.
+    private func gradientIsInPlace(_ index: Int) -> Bool {
+        parameters[index].tensor.grad === views[index]
     }
 
     /// Runs `backward` (which must call `backward()` on the loss exactly once, on this thread),
@@ -260,7 +285,9 @@ public final class GradientBuckets {
         for (position, parameter) in bucket.parameters.enumerated() {
             let tensor = parameters[parameter].tensor
             let target = base + bucket.offsets[position]
-            if let grad = tensor.grad, grad.count == tensor.count {
+            if gradientIsInPlace(parameter) {
+                flags[position] = 1
+            } else if let grad = tensor.grad, grad.count == tensor.count {
                 grad.copyStrided(into: target)
                 flags[position] = 1
             } else {
@@ -322,13 +349,13 @@ public final class GradientBuckets {
         let flags = base + bucket.elementCount
         for (position, parameter) in bucket.parameters.enumerated() where flags[position] > 0 {
             let tensor = parameters[parameter].tensor
+            if gradientIsInPlace(parameter) { continue }
             let source = base + bucket.offsets[position]
             if let grad = tensor.grad, grad.shape == tensor.shape, grad.isContiguous {
                 grad.pointer.update(from: source, count: tensor.count)
             } else {
-                let grad = Tensor.uninitialized(tensor.shape)
-                grad.pointer.update(from: source, count: tensor.count)
-                tensor.grad = grad
+                // No gradient here (another rank had one): the window already holds the average.
+                tensor.grad = views[parameter]
             }
         }
     }

@@ -75,6 +75,15 @@ public enum TrainingBenchmark {
         public let parallelRounds: [Double]
         /// parallel / (ranks × single): 1 is perfect weak scaling.
         public var scalingEfficiency: Double { parallelSamplesPerSecond / (Double(ranks) * singleSamplesPerSecond) }
+        /// N ranks training at once with no gradient exchange (each on its own data; median and
+        /// rounds): what the machine allows before any communication, since ranks that share
+        /// caches, memory bandwidth and a VM's cores slow each other down.
+        public let unsynchronizedSamplesPerSecond: Double
+        public let unsynchronizedRounds: [Double]
+        /// unsynchronized / (ranks × single): the ceiling of `scalingEfficiency` on this machine.
+        public var computeOnlyEfficiency: Double {
+            unsynchronizedSamplesPerSecond / (Double(ranks) * singleSamplesPerSecond)
+        }
         /// Seconds per step the allreduces ran, and the part of that overlapping backward.
         public let communicationSecondsPerStep: Double
         public let hiddenCommunicationSecondsPerStep: Double
@@ -95,7 +104,7 @@ public enum TrainingBenchmark {
         let group = world.size >= 2 ? nil : try InProcessGroup(size: 2, timeout: max(savedTimeout, 600))
         let ranks = group?.size ?? world.size
         let transport = group?[0].kind ?? world.kind
-        var singles: [Double] = [], parallels: [Measurement] = []
+        var singles: [Double] = [], parallels: [Measurement] = [], unsynchronized: [Double] = []
         var lastTimelines: [Timeline] = []
         for _ in 0 ..< options.rounds {
             // Rank 0 measures alone while the others wait at a barrier.
@@ -108,14 +117,20 @@ public enum TrainingBenchmark {
             world.timeout = savedTimeout
             singles.append(single)
             if let group {
-                let results = RankResults<Measurement>(size: 2)
+                let results = RankResults<Measurement>(size: 2), alone = RankResults<Measurement>(size: 2)
                 let timelines = [Timeline(rank: 0), Timeline(rank: 1)]
-                try group.run { comm in results[comm.rank] = try measureDataParallel(on: comm, options: options, timeline: timelines[comm.rank]) }
+                try group.run { comm in
+                    results[comm.rank] = try measureDataParallel(on: comm, options: options, timeline: timelines[comm.rank])
+                    alone[comm.rank] = try measureDataParallel(on: comm, options: options, timeline: nil, synchronize: false)
+                }
                 parallels.append(results[0]!)
+                unsynchronized.append(alone[0]!.samplesPerSecond)
                 lastTimelines = timelines
             } else {
                 let timeline = Timeline(rank: world.rank)
                 parallels.append(try measureDataParallel(on: world, options: options, timeline: timeline))
+                unsynchronized.append(try measureDataParallel(on: world, options: options, timeline: nil,
+                                                              synchronize: false).samplesPerSecond)
                 lastTimelines = [timeline]
             }
         }
@@ -143,6 +158,8 @@ public enum TrainingBenchmark {
         return Report(parameters: parameters, ranks: ranks, transport: transport,
                       singleSamplesPerSecond: singles.sorted()[singles.count / 2], parallelSamplesPerSecond: median.samplesPerSecond,
                       singleRounds: singles, parallelRounds: parallels.map(\.samplesPerSecond),
+                      unsynchronizedSamplesPerSecond: unsynchronized.sorted()[unsynchronized.count / 2],
+                      unsynchronizedRounds: unsynchronized,
                       communicationSecondsPerStep: median.communicationPerStep,
                       hiddenCommunicationSecondsPerStep: median.hiddenPerStep,
                       buckets: median.buckets, pipeline: pipeline)
@@ -157,8 +174,10 @@ public enum TrainingBenchmark {
 
     /// Weak-scaling data parallelism on `communicator`: every rank trains on `batchPerRank`
     /// samples per step; throughput is the global batch over the slowest rank's step time.
+    /// Without `synchronize` the ranks skip the gradient allreduce (each steps on its own
+    /// gradient), which isolates what running side by side costs from what communication costs.
     static func measureDataParallel(on communicator: Communicator, options: Options,
-                                    timeline: Timeline?) throws -> Measurement {
+                                    timeline: Timeline?, synchronize: Bool = true) throws -> Measurement {
         let blocks = ProbeModel.blocks(widths: options.widths, seed: 1)
         let parameters = ProbeModel.namedParameters(blocks)
         let replica = try DataParallelReplica(parameters: parameters, communicator: communicator,
@@ -168,7 +187,10 @@ public enum TrainingBenchmark {
         let optimizer = try SGD(parameters: parameters, learningRate: 1e-4)
         let data = ProbeModel.data(samples: options.batchPerRank, inputs: options.widths.first!,
                                    outputs: options.widths.last!, seed: UInt64(communicator.rank))
-        let step = { _ = try replica.step(optimizer: optimizer) { _ in Loss.mse(ProbeModel.forward(blocks, data.x), data.y) } }
+        let step = {
+            let body = { _ = try replica.step(optimizer: optimizer) { _ in Loss.mse(ProbeModel.forward(blocks, data.x), data.y) } }
+            if synchronize { try body() } else { try replica.withoutGradientSync(body) }
+        }
         for _ in 0 ..< options.warmupSteps { try step() }
         try timeline?.synchronizeOrigin(over: communicator)
         replica.timeline = timeline
@@ -246,6 +268,9 @@ public enum TrainingBenchmark {
         lines.append(String(format: "%5d  %9.1f  %18.3f  ", 1, report.singleSamplesPerSecond, 1.0) + rounds(report.singleRounds))
         lines.append(String(format: "%5d  %9.1f  %18.3f  ", report.ranks, report.parallelSamplesPerSecond,
                             report.scalingEfficiency) + rounds(report.parallelRounds))
+        lines.append(String(format: "%5d  %9.1f  %18.3f  ", report.ranks, report.unsynchronizedSamplesPerSecond,
+                            report.computeOnlyEfficiency) + rounds(report.unsynchronizedRounds)
+            + "  (no gradient sync: the machine's ceiling)")
         lines.append("")
         lines.append(String(format: "gradient allreduce %.1f ms/step, %.1f ms hidden behind backward (%.0f%%)",
                             report.communicationSecondsPerStep * 1e3, report.hiddenCommunicationSecondsPerStep * 1e3,
