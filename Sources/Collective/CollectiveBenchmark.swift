@@ -88,7 +88,7 @@ public enum CollectiveBenchmark {
     }
 
     /// The middle value (the upper one of the two middles for an even count); 0 for none.
-    static func median(_ values: [Double]) -> Double {
+    public static func median(_ values: [Double]) -> Double {
         values.isEmpty ? 0 : values.sorted()[values.count / 2]
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Collective
+import Coordinator
 import Foundation
 import Worker
 
@@ -81,8 +82,8 @@ struct TrainingBench: ParsableCommand {
         commandName: "train",
         abstract: "Data-parallel scaling, hidden communication and pipeline bubble; alone or under mpirun.")
 
-    @Option(help: "Measured steps per configuration.")
-    var steps: Int = 6
+    @Option(help: "Measured steps per configuration (default 6 for the probe, 30 with --config).")
+    var steps: Int?
 
     @Option(name: .customLong("batch-per-rank"), help: "Samples per rank per step.")
     var batchPerRank: Int = 64
@@ -99,11 +100,19 @@ struct TrainingBench: ParsableCommand {
     @Option(help: "Write the last N-rank round's per-rank compute and communication spans as a Chrome trace.")
     var timeline: String?
 
+    @Option(help: ArgumentHelp("Measure this training config (pp = 1) instead of the probe MLP: 1 rank, then all ranks, at its per-rank batch.",
+                               valueName: "yaml"))
+    var config: String?
+
+    @Option(name: .customLong("warmup-steps"), help: "With --config: steps run before the measured ones.")
+    var warmupSteps: Int = 5
+
     func validate() throws {
-        guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
+        if let steps, steps < 1 { throw ValidationError("--steps must be at least 1, got \(steps)") }
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1, got \(rounds)") }
         guard bucketMB >= 1 else { throw ValidationError("--bucket-mb must be at least 1, got \(bucketMB)") }
         guard batchPerRank >= 1 else { throw ValidationError("--batch-per-rank must be at least 1") }
+        guard warmupSteps >= 0 else { throw ValidationError("--warmup-steps must be at least 0, got \(warmupSteps)") }
         guard AllreduceAlgorithm(rawValue: algorithm) != nil else {
             throw ValidationError("--algorithm must be one of "
                 + AllreduceAlgorithm.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(algorithm)'")
@@ -112,7 +121,14 @@ struct TrainingBench: ParsableCommand {
 
     func run() throws {
         try runOnWorld { world in
-            let options = TrainingBenchmark.Options(batchPerRank: batchPerRank, steps: steps,
+            if let config {
+                var options = ConfigScalingBenchmark.Options(configFile: config)
+                options.steps = steps ?? options.steps
+                options.warmupSteps = warmupSteps
+                options.rounds = rounds
+                return ConfigScalingBenchmark.format(try ConfigScalingBenchmark.run(world: world, options: options))
+            }
+            let options = TrainingBenchmark.Options(batchPerRank: batchPerRank, steps: steps ?? 6,
                                                     algorithm: AllreduceAlgorithm(rawValue: algorithm)!,
                                                     bucketCapBytes: Int(bucketMB * 1_048_576), rounds: rounds,
                                                     timeline: timeline.map { URL(fileURLWithPath: $0) })

@@ -264,4 +264,38 @@ final class TrainProcessTests: XCTestCase {
             try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: path("images")).sorted().first { $0.hasSuffix(".png") })))
         XCTAssertEqual(image.width, 16)
     }
+
+    // MARK: bench train --config
+
+    func testBenchTrainMeasuresAConfigWithoutTouchingItsOutputs() throws {
+        let scratchFolders = {
+            try FileManager.default.contentsOfDirectory(atPath: FileManager.default.temporaryDirectory.path)
+                .filter { $0.hasPrefix("sura-bench-train-") }.count
+        }
+        let before = try scratchFolders()
+        let config = try writeConfig("bench.yaml", output: "user", dp: 2, steps: 50, batch: 4, every: 1)
+        let bench = try run(try Self.mpirun(), Self.mpiFlags + ["-np", "2", try Self.executable("sura"), "bench", "train",
+                                                                "--config", config, "--steps", "2", "--warmup-steps", "1",
+                                                                "--rounds", "2"],
+                            timeout: 300)
+        XCTAssertEqual(bench.status, 0, bench.output)
+        XCTAssertTrue(bench.output.contains("2 samples per rank per step, 2 measured steps"), bench.output)
+        // The table's rows: ranks, samples/s, efficiency, then the two rounds "a, b".
+        let lines: [[Substring]] = bench.output.split(separator: "\n").map { $0.split(separator: " ") }
+        let rows = lines.filter { (fields: [Substring]) -> Bool in
+            fields.count == 5 && Int(fields[0]) != nil && Double(fields[2]) != nil
+        }
+        XCTAssertEqual(rows.map { Int($0[0])! }, [1, 2], bench.output)
+        for row in rows { XCTAssertGreaterThan(Double(row[1]) ?? 0, 0, bench.output) }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("user")), "the config's output_dir stays untouched")
+        XCTAssertEqual(try scratchFolders(), before, "the scratch runs are removed")
+
+        let pipelined = try writeConfig("pipelined.yaml", output: "user", dp: 1)
+        try String(contentsOfFile: pipelined, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 2}")
+            .write(toFile: pipelined, atomically: true, encoding: .utf8)
+        let refused = try run(try Self.executable("sura"), ["bench", "train", "--config", pipelined])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.output.contains("pipelined.yaml") && refused.output.contains("pp = 2"), refused.output)
+        XCTAssertFalse(refused.output.contains("Fatal error"), refused.output)
+    }
 }

@@ -5,7 +5,7 @@ import Tensor
 ///
 ///     train.log                       rank 0's log (also printed)
 ///     logs/rank-N.log                 the log of every other rank (they write nothing else)
-///     metrics.jsonl                   one JSON object per step: step, loss, lr, grad_norm, samples/s
+///     metrics.jsonl                   one JSON object per step: step, loss, lr, grad_norm, samples/s, step_s
 ///     eval.jsonl                      one JSON object per sample grid: step and checker accuracies
 ///     loss.png, accuracy.png          the curves, redrawn at every checkpoint / sample grid
 ///     samples.png                     the latest sample grid
