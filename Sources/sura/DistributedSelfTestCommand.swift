@@ -97,7 +97,7 @@ struct TrainingBench: ParsableCommand {
     @Option(help: "Alternating rounds of the 1-rank and N-rank measurement (medians reported).")
     var rounds: Int = 3
 
-    @Option(help: "Write the last N-rank round's per-rank compute and communication spans as a Chrome trace.")
+    @Option(help: "Write the last N-rank round's per-rank compute and communication spans as a Chrome trace (the pipeline's beside it, as NAME.pipeline.json).")
     var timeline: String?
 
     @Option(help: ArgumentHelp("Measure this training config (pp = 1) instead of the probe MLP: 1 rank, then all ranks, at its per-rank batch.",

@@ -76,6 +76,33 @@ final class PipelineScheduleTests: XCTestCase {
         XCTAssertEqual(PipelineSchedule.theoreticalIdleFraction(stages: 4, microBatches: 8), 3.0 / 11.0)
     }
 
+    /// Stage 1 twice as slow as stage 0 (forward 2, backward 4 against 1 and 2), GPipe, m = 4:
+    /// stage 1's forwards end at 1 + 2(k+1), its backwards then run back to back until 1 + 6m, and
+    /// stage 0's last backward follows: makespan 6m + 3 = 27, idle 1 − 12/27 and 1 − 24/27 — not
+    /// the 1/5 of equal stages. 1F1B cannot beat the slow stage either: its makespan is the same.
+    func testReplayWithMeasuredCostsShowsTheImbalance() throws {
+        for kind in PipelineSchedule.Kind.allCases {
+            let schedule = try PipelineSchedule(kind: kind, stages: 2, microBatches: 4)
+            let (idle, makespan) = try schedule.simulate { stage, op in
+                let scale = stage == 1 ? 2.0 : 1.0
+                if case .forward = op { return scale }
+                return 2 * scale
+            }
+            XCTAssertEqual(makespan, 27, accuracy: 1e-9, "\(kind)")
+            XCTAssertEqual(idle[0], 15.0 / 27.0, accuracy: 1e-9, "\(kind)")
+            XCTAssertEqual(idle[1], 3.0 / 27.0, accuracy: 1e-9, "\(kind)")
+        }
+        // Per-micro-batch costs are honoured: one slow forward on stage 0 delays everything after it.
+        let gpipe = try PipelineSchedule(kind: .gpipe, stages: 2, microBatches: 2)
+        let slowFirst = try gpipe.simulate { stage, op in
+            if stage == 0, op == .forward(0) { return 5 }
+            if case .forward = op { return 1 }
+            return 2
+        }
+        // Stage 0: F0 0–5, F1 5–6; stage 1: F0 5–6, F1 6–7, B1 7–9, B0 9–11; stage 0: B1 9–11, B0 11–13.
+        XCTAssertEqual(slowFirst.makespan, 13, accuracy: 1e-9)
+    }
+
     func testInvalidSchedules() {
         XCTAssertThrowsError(try PipelineSchedule(kind: .gpipe, stages: 0, microBatches: 1))
         XCTAssertThrowsError(try PipelineSchedule(kind: .gpipe, stages: 2, microBatches: 0)) {

@@ -37,9 +37,13 @@ final class TrainingSelfTestTests: SingleThreadedTestCase {
     }
 
     func testBenchmarkRunsAndReportsSaneFigures() throws {
+        let trace = FileManager.default.temporaryDirectory.appendingPathComponent("sura-bench-\(UUID().uuidString).json")
+        let pipelineTrace = TrainingBenchmark.pipelineTimelineURL(trace)
+        defer { for url in [trace, pipelineTrace] { try? FileManager.default.removeItem(at: url) } }
+        XCTAssertEqual(pipelineTrace.lastPathComponent, trace.deletingPathExtension().lastPathComponent + ".pipeline.json")
         let options = TrainingBenchmark.Options(widths: [64, 128, 64], batchPerRank: 16, warmupSteps: 1, steps: 2,
                                                 pipelineMicroBatches: [2, 4], pipelineWidths: [32, 32, 32, 32],
-                                                pipelineBatch: 8, rounds: 3)
+                                                pipelineBatch: 8, rounds: 3, timeline: trace)
         let report = try TrainingBenchmark.run(world: InProcessCommunicator.singleProcess(), options: options)
         XCTAssertEqual(report.ranks, 2)
         XCTAssertEqual(report.singleRounds.count, 3)
@@ -55,9 +59,22 @@ final class TrainingSelfTestTests: SingleThreadedTestCase {
         XCTAssertLessThanOrEqual(report.hiddenCommunicationShare, 1)
         XCTAssertEqual(report.pipeline.count, 4)
         XCTAssertEqual(report.pipeline.first?.theoreticalIdle ?? 0, 1.0 / 3.0, accuracy: 1e-12)
+        for row in report.pipeline {
+            XCTAssertGreaterThan(row.replayedIdle, 0, "\(row)")
+            XCTAssertLessThan(row.replayedIdle, 1, "\(row)")
+        }
+        // The pipeline's trace: the recorded steps (both schedules at m = 4) on both stages.
+        let events = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: pipelineTrace)) as? [String: Any])
+        let spans = try XCTUnwrap(events["traceEvents"] as? [[String: Any]]).filter { ($0["ph"] as? String) == "X" }
+        for stage in 0 ..< 2 {
+            let names = spans.filter { ($0["pid"] as? Int) == stage }.compactMap { $0["name"] as? String }
+            XCTAssertEqual(names.filter { $0.hasPrefix("forward ") }.count, 2 * 4, "stage \(stage): \(names)")
+            XCTAssertEqual(names.filter { $0.hasPrefix("backward ") }.count, 2 * 4, "stage \(stage)")
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: trace.path))
         let table = TrainingBenchmark.format(report)
         XCTAssertTrue(table.contains("scaling efficiency"), table)
         XCTAssertTrue(table.contains("no gradient sync"), table)
-        XCTAssertTrue(table.contains("(p-1)/(m+p-1)"), table)
+        XCTAssertTrue(table.contains("(p-1)/(m+p-1)") && table.contains("replayed idle"), table)
     }
 }

@@ -162,6 +162,16 @@ public struct PipelineSchedule: Equatable, Sendable {
     ///   (a deadlock or a message nobody receives).
     public func simulate(forwardCost: Double = 1, backwardCost: Double = 2) throws
         -> (idleFractions: [Double], makespan: Double) {
+        try simulate { _, op in
+            if case .forward = op { return forwardCost }
+            return backwardCost
+        }
+    }
+
+    /// As `simulate(forwardCost:backwardCost:)` with each computation's own cost:
+    /// `cost(stage, .forward(k))` or `cost(stage, .backward(k))` — a replay of measured durations
+    /// that separates the bubble these stage times imply from what messages add.
+    public func simulate(cost: (Int, PipelineOp) -> Double) throws -> (idleFractions: [Double], makespan: Double) {
         let lists = (0 ..< stages).map { operations(stage: $0) }
         var position = Array(repeating: 0, count: stages)
         var clock = Array(repeating: 0.0, count: stages)
@@ -175,10 +185,10 @@ public struct PipelineSchedule: Equatable, Sendable {
             for s in 0 ..< stages where position[s] < lists[s].count {
                 let op = lists[s][position[s]]
                 switch op {
-                case let .forward(k), let .backward(k):
-                    let cost = (op == .forward(k)) ? forwardCost : backwardCost
-                    clock[s] += cost
-                    busy[s] += cost
+                case .forward, .backward:
+                    let seconds = cost(s, op)
+                    clock[s] += seconds
+                    busy[s] += seconds
                 case let .sendActivation(k):
                     activationReady[s + 1][k] = clock[s]
                 case let .sendGradient(k):

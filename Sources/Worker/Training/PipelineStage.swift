@@ -12,6 +12,9 @@ public struct PipelineStepResult {
     public var busySeconds = 0.0
     /// Wall seconds of the whole step on this stage.
     public var seconds = 0.0
+    /// Seconds of micro-batch k's forward and of its backward on this stage (0 where it ran none).
+    public var forwardSeconds: [Double] = []
+    public var backwardSeconds: [Double] = []
 
     /// 1 − busy/wall on this stage alone. Stages start and stop at different moments (the last
     /// stage is done before stage 0's final backward), so for the pipeline's bubble use
@@ -137,6 +140,8 @@ public final class PipelineStage {
         var lossValues = [Tensor?](repeating: nil, count: m)
         var upstream = [Tensor?](repeating: nil, count: m)
         var result = PipelineStepResult()
+        result.forwardSeconds = Array(repeating: 0, count: m)
+        result.backwardSeconds = Array(repeating: 0, count: m)
         let started = DispatchTime.now().uptimeNanoseconds
         let lastBackward = ops.lastIndex { if case .backward = $0 { return true } else { return false } }
 
@@ -144,11 +149,14 @@ public final class PipelineStage {
             received.requiresGrad = sendsGradient
             inputs[k] = received
         }
-        func compute(_ name: String, _ category: Timeline.Category, _ work: () throws -> Void) rethrows {
+        func compute(_ name: String, _ category: Timeline.Category, microBatch k: Int,
+                     _ work: () throws -> Void) rethrows {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let s0 = timeline?.now ?? 0
             defer {
-                result.busySeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                result.busySeconds += seconds
+                if category == .forward { result.forwardSeconds[k] += seconds } else { result.backwardSeconds[k] += seconds }
                 timeline?.record(name, category, start: s0, end: timeline?.now ?? 0)
             }
             try work()
@@ -165,7 +173,7 @@ public final class PipelineStage {
                 guard let x = inputs[k] else {
                     throw PipelineError.invalid("stage \(stage) has no input for micro-batch \(k)")
                 }
-                try compute("forward \(k)", .forward) {
+                try compute("forward \(k)", .forward, microBatch: k) {
                     let y = training ? try body(x, k) : try withoutGrad { try body(x, k) }
                     outputs[k] = y
                     if isLast && computesLoss {
@@ -178,7 +186,7 @@ public final class PipelineStage {
                 }
                 if !training { inputs[k] = nil }
             case let .backward(k):
-                try compute("backward \(k)", .backward) {
+                try compute("backward \(k)", .backward, microBatch: k) {
                     if isLast {
                         guard let value = lossValues[k], value.requiresGrad else {
                             throw PipelineError.invalid("loss of micro-batch \(k) does not require grad")

@@ -29,7 +29,8 @@ public enum TrainingBenchmark {
         /// one disturbed window on a shared machine does not decide the scaling figure.
         public var rounds: Int
         /// When set, the last N-rank round's compute and communication spans of every rank are
-        /// written there as one Chrome trace (as `train --timeline`).
+        /// written there as one Chrome trace (as `train --timeline`), and the pipeline's last
+        /// step of each schedule at the most micro-batches beside it (`pipelineTimelineURL`).
         public var timeline: URL?
 
         public init(widths: [Int] = [512, 2048, 2048, 2048, 512], batchPerRank: Int = 64, warmupSteps: Int = 2,
@@ -58,7 +59,11 @@ public enum TrainingBenchmark {
         public let microBatches: Int
         /// 1 − compute/makespan (the slowest stage's step time), averaged over stages and steps.
         public let measuredIdle: Double
-        /// (p−1)/(m+p−1).
+        /// The same schedule replayed with each step's measured forward and backward times and
+        /// instant messages, averaged likewise: the bubble of these stage times, unequal ones
+        /// included. measured − replayed is what sending and waiting for messages cost.
+        public let replayedIdle: Double
+        /// (p−1)/(m+p−1), for equal stages.
         public let theoreticalIdle: Double
     }
 
@@ -147,18 +152,28 @@ public enum TrainingBenchmark {
         }
         var pipeline: [PipelineRow]
         if let group {
-            let results = RankResults<[PipelineRow]>(size: 2)
+            let results = RankResults<([PipelineRow], Timeline?)>(size: 2)
             try group.run { comm in results[comm.rank] = try measurePipeline(on: comm, options: options) }
-            pipeline = results[0]!
+            pipeline = results[0]!.0
+            if let url = options.timeline {
+                let spans = (0 ..< 2).flatMap { results[$0]!.1?.spans ?? [] }
+                do {
+                    try Timeline.chromeTrace(spans).write(to: pipelineTimelineURL(url), options: .atomic)
+                } catch {
+                    throw TimelineError.cannotWrite(path: pipelineTimelineURL(url).path, reason: "\(error.localizedDescription)")
+                }
+            }
         } else {
-            pipeline = try measurePipeline(on: world, options: options)
+            let recorded: Timeline?
+            (pipeline, recorded) = try measurePipeline(on: world, options: options)
+            if let url = options.timeline, let recorded { try recorded.writeMerged(to: pipelineTimelineURL(url), over: world) }
         }
         // The median round of the N-rank measurement also supplies the communication figures.
         let median = parallels.sorted { $0.samplesPerSecond < $1.samplesPerSecond }[parallels.count / 2]
         return Report(parameters: parameters, ranks: ranks, transport: transport,
-                      singleSamplesPerSecond: singles.sorted()[singles.count / 2], parallelSamplesPerSecond: median.samplesPerSecond,
+                      singleSamplesPerSecond: CollectiveBenchmark.median(singles), parallelSamplesPerSecond: median.samplesPerSecond,
                       singleRounds: singles, parallelRounds: parallels.map(\.samplesPerSecond),
-                      unsynchronizedSamplesPerSecond: unsynchronized.sorted()[unsynchronized.count / 2],
+                      unsynchronizedSamplesPerSecond: CollectiveBenchmark.median(unsynchronized),
                       unsynchronizedRounds: unsynchronized,
                       communicationSecondsPerStep: median.communicationPerStep,
                       hiddenCommunicationSecondsPerStep: median.hiddenPerStep,
@@ -215,7 +230,9 @@ public enum TrainingBenchmark {
     /// The pipeline bubble: `communicator.size` stages of equal cost, each schedule, each
     /// micro-batch count; idle = 1 − compute/makespan per stage (stages start together after a
     /// barrier; the makespan is the slowest stage's step), averaged over stages and steps.
-    static func measurePipeline(on communicator: Communicator, options: Options) throws -> [PipelineRow] {
+    /// With `options.timeline` it also returns this rank's spans of the last measured step of each
+    /// schedule at the largest micro-batch count (clocks aligned at one barrier on entry).
+    static func measurePipeline(on communicator: Communicator, options: Options) throws -> ([PipelineRow], Timeline?) {
         let p = communicator.size
         let all = ProbeModel.blocks(widths: options.pipelineWidths, seed: 3)
         let partition = try PipelinePartition.balanced(costs: all.map(\.parameterCount), stages: p)
@@ -226,6 +243,9 @@ public enum TrainingBenchmark {
         }
         let data = ProbeModel.data(samples: options.pipelineBatch, inputs: options.pipelineWidths.first!,
                                    outputs: options.pipelineWidths.last!, seed: 5)
+        let recorder = options.timeline == nil ? nil : Timeline(rank: communicator.rank)
+        try recorder?.synchronizeOrigin(over: communicator)
+        let recordedM = options.pipelineMicroBatches.filter { options.pipelineBatch % $0 == 0 }.max()
         var rows: [PipelineRow] = []
         for kind in PipelineSchedule.Kind.allCases {
             for m in options.pipelineMicroBatches where options.pipelineBatch % m == 0 {
@@ -239,21 +259,47 @@ public enum TrainingBenchmark {
                     return rows
                 }
                 let y = (0 ..< m).map { ProbeModel.rows(data.y, ($0 * size) ..< (($0 + 1) * size)) }
-                var idle = 0.0
+                var idle = 0.0, replayed = 0.0
+                let schedule = try PipelineSchedule(kind: kind, stages: p, microBatches: m)
                 for step in 0 ..< options.warmupSteps + options.steps {
                     try communicator.barrier()
+                    stage.timeline = m == recordedM && step == options.warmupSteps + options.steps - 1 ? recorder : nil
                     let result = try stage.run(kind, microBatches: m, input: { x[$0] },
                                                loss: { out, k in Loss.mse(out, y[k]) * (1 / Float(m)) })
                     for (_, tensor) in parameters { tensor.grad = nil }
                     let makespan = try communicator.allreduce(result.seconds, op: .max)
-                    if step >= options.warmupSteps { idle += result.idleFraction(makespan: makespan) }
+                    guard step >= options.warmupSteps else { continue }
+                    idle += result.idleFraction(makespan: makespan)
+                    // Every stage's durations on every rank: [stage][forward 0..<m, backward 0..<m].
+                    var durations = [Double](repeating: 0, count: p * 2 * m)
+                    for k in 0 ..< m {
+                        durations[communicator.rank * 2 * m + k] = result.forwardSeconds[k]
+                        durations[communicator.rank * 2 * m + m + k] = result.backwardSeconds[k]
+                    }
+                    try communicator.allreduce(&durations)
+                    let replay = try schedule.simulate { stage, op in
+                        switch op {
+                        case let .forward(k): return durations[stage * 2 * m + k]
+                        case let .backward(k): return durations[stage * 2 * m + m + k]
+                        default: return 0
+                        }
+                    }
+                    replayed += replay.idleFractions.reduce(0, +) / Double(p)
                 }
                 let mean = try communicator.allreduce(idle / Double(options.steps), op: .average)
                 rows.append(PipelineRow(kind: kind, stages: p, microBatches: m, measuredIdle: mean,
+                                        replayedIdle: replayed / Double(options.steps),
                                         theoreticalIdle: PipelineSchedule.theoreticalIdleFraction(stages: p, microBatches: m)))
             }
         }
-        return rows
+        stage.timeline = nil
+        return (rows, recorder)
+    }
+
+    /// `t.json` → `t.pipeline.json`: where `--timeline` puts the pipeline's steps.
+    public static func pipelineTimelineURL(_ url: URL) -> URL {
+        let ext = url.pathExtension
+        return url.deletingPathExtension().appendingPathExtension("pipeline").appendingPathExtension(ext.isEmpty ? "json" : ext)
     }
 
     /// The report as a table.
@@ -276,14 +322,16 @@ public enum TrainingBenchmark {
                             report.communicationSecondsPerStep * 1e3, report.hiddenCommunicationSecondsPerStep * 1e3,
                             report.hiddenCommunicationShare * 100))
         lines.append("")
-        lines.append("schedule  stages  micro-batches  measured idle  (p-1)/(m+p-1)")
-        lines.append("--------  ------  -------------  -------------  -------------")
+        lines.append("schedule  stages  micro-batches  measured idle  replayed idle  (p-1)/(m+p-1)")
+        lines.append("--------  ------  -------------  -------------  -------------  -------------")
         for row in report.pipeline {
             let name = row.kind.rawValue
             lines.append(String(repeating: " ", count: max(0, 8 - name.count)) + name
-                + String(format: "  %6d  %13d  %13.3f  %13.3f", row.stages, row.microBatches,
-                         row.measuredIdle, row.theoreticalIdle))
+                + String(format: "  %6d  %13d  %13.3f  %13.3f  %13.3f", row.stages, row.microBatches,
+                         row.measuredIdle, row.replayedIdle, row.theoreticalIdle))
         }
+        lines.append("replayed: the same schedule with each step's measured stage times and instant messages "
+            + "(unequal stages raise it above (p-1)/(m+p-1); measured − replayed is what messages add)")
         return lines.joined(separator: "\n")
     }
 }
