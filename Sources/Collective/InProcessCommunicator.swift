@@ -228,6 +228,21 @@ public final class InProcessCommunicator: Communicator {
         try sendBytes(UnsafeRawBufferPointer(buffer), to: peer, tag: tag, operation: "send to rank \(peer)")
     }
 
+    /// Posts the letter (which points at `buffer`) and returns; `finish()` waits, bounded by the
+    /// timeout, until the peer has copied it out.
+    public func startSend(_ buffer: UnsafeBufferPointer<Float>, to peer: Int, tag: Int) throws -> PostedSend {
+        let operation = "send to rank \(peer)"
+        try ArgumentCheck.peer(peer, size: size, operation: operation)
+        try ArgumentCheck.tag(tag, operation: operation)
+        let letter = InProcessHub.Letter(bytes: UnsafeRawBufferPointer(buffer))
+        let key = InProcessHub.MailboxKey(source: rank, destination: peer, tag: tag)
+        hub.post(letter, key: key)
+        channel.countSent(buffer.count * MemoryLayout<Float>.stride)
+        return PostedSend { [hub, self] in
+            try hub.awaitDelivery(of: letter, key: key, deadline: Deadline(seconds: timeout), operation: operation)
+        }
+    }
+
     public func receive(into buffer: UnsafeMutableBufferPointer<Float>, from peer: Int, tag: Int) throws {
         let operation = "receive from rank \(peer)"
         try ArgumentCheck.peer(peer, size: size, operation: operation)

@@ -40,6 +40,28 @@ final class CollectiveFailureTests: XCTestCase {
         XCTAssertEqual(errors[1], .timeout(operation: "send to rank 0", peers: [0], seconds: 0.2))
     }
 
+    /// A posted send returns at once; its `finish` is what times out when nobody receives.
+    func testPostedSendToARankThatNeverReceivesTimesOutInFinish() {
+        let errors = Collected<CollectiveError>(size: 2)
+        let returnedAtOnce = Collected<Bool>(size: 2)
+        runGroup(size: 2, timeout: 0.2) { comm in
+            guard comm.rank == 1 else { return }
+            let values: [Float] = [1, 2, 3]
+            try values.withUnsafeBufferPointer { buffer in
+                let started = Date()
+                let posted = try comm.startSend(buffer, to: 0, tag: 0)
+                returnedAtOnce[1] = Date().timeIntervalSince(started) < 0.1
+                do {
+                    try posted.finish()
+                } catch let error as CollectiveError {
+                    errors[1] = error
+                }
+            }
+        }
+        XCTAssertEqual(returnedAtOnce[1], true)
+        XCTAssertEqual(errors[1], .timeout(operation: "send to rank 0", peers: [0], seconds: 0.2))
+    }
+
     func testCollectiveNamesTheRanksThatNeverArrived() {
         let errors = Collected<CollectiveError>(size: 4)
         runGroup(size: 4, timeout: 0.3) { comm in

@@ -56,7 +56,11 @@ public final class PipelineStage {
     /// Where compute and communication spans go, when set.
     public var timeline: Timeline?
     private let body: (Tensor, Int) throws -> Tensor
-    private var pendingSends: [(CollectiveRequest, OutgoingMessage, String)] = []
+    /// Sends posted this step and not yet finished.
+    private var pendingSends: [(OutgoingMessage, String)] = []
+    /// The communicator's background channel, on which every pipeline message travels. Sends are
+    /// posted on it from the stage's own thread; receives run on the communication thread.
+    private let channel: Communicator
 
     public var stage: Int { communicator.rank }
     public var stageCount: Int { communicator.size }
@@ -81,6 +85,15 @@ public final class PipelineStage {
             throw Self.translate(error, stage: communicator.rank, operation: "pipeline set-up")
         }
         firstTrainableStage = flags.firstIndex(of: 1) ?? communicator.size
+        // The first background job creates the channel (collectively, under MPI): every stage
+        // is here together.
+        let box = ChannelBox()
+        do {
+            try communicator.runInBackground { box.channel = $0 }.wait()
+        } catch {
+            throw Self.translate(error, stage: communicator.rank, operation: "pipeline set-up")
+        }
+        channel = box.channel!
     }
 
     /// A stage running `layers` in order. Parameters are named like `Sequential`'s children,
@@ -277,23 +290,27 @@ public final class PipelineStage {
     // The comm thread performs exactly the sequence of blocking calls the schedule lists, which
     // is what keeps it deadlock-free.
 
-    // A send job only posts its two messages and returns: had it waited for the receiver, the
-    // next send (and any receive) queued behind it on the communication thread would wait too,
-    // until that thread next got the core from the computing stage thread — milliseconds per
-    // micro-batch on a busy core, added to the bubble. The posted sends are finished at the end
-    // of the step (`finishSends`).
+    // A send is posted (MPI_Isend) by the stage's own thread and not waited for: had it gone
+    // through the communication thread, the post would wait until the scheduler preempted the
+    // computing thread for it — up to a 5 ms slice on a busy core (seen in `--timeline`), during
+    // which the neighbour sat idle. Posted sends are finished at the end of the step
+    // (`finishSends`); one peer's messages still arrive in the order they were posted.
     private func send(_ tensor: Tensor, kind: Int, microBatch k: Int, to peer: Int) throws {
         let operation = "send of \(kind == 1 ? "activation" : "gradient") \(k) to stage \(peer)"
         let head = try header(kind: kind, microBatch: k, shape: tensor.shape)
         let message = OutgoingMessage(header: Tensor(shape: [head.count], data: head),
                                       payload: tensor.isContiguous ? tensor : tensor.contiguousCopy())
-        let request = submit(operation, .send) { channel in
+        let start = timeline?.now ?? 0
+        defer { timeline?.record(operation, .send, lane: .communication, start: start, end: timeline?.now ?? 0) }
+        pendingSends.append((message, operation))
+        do {
             for part in [message.header, message.payload] {
                 message.posted.append(try channel.startSend(UnsafeBufferPointer(start: part.pointer, count: part.count),
                                                             to: peer, tag: Self.messageTag))
             }
+        } catch {
+            throw Self.translate(error, stage: stage, operation: operation)
         }
-        pendingSends.append((request, message, operation))
     }
 
     private func receive(kind: Int, microBatch k: Int, from peer: Int) throws -> Tensor {
@@ -354,33 +371,16 @@ public final class PipelineStage {
         }
     }
 
-    /// Waits for every send still in flight (the jobs that post them, then, on the communication
-    /// thread, the receivers' taking them); the first failure is thrown after all have ended.
+    /// Waits until the receivers have taken every send posted this step (on this thread, which
+    /// posted them); the first failure is thrown after all have ended.
     private func finishSends() throws {
         var failure: Error?
-        var posted: [(OutgoingMessage, String)] = []
-        for (request, message, operation) in pendingSends {
-            do {
-                try wait(for: request, operation)
-                posted.append((message, operation))
-            } catch {
-                failure = failure ?? error
+        for (message, operation) in pendingSends {
+            for send in message.posted {
+                do { try send.finish() } catch { failure = failure ?? Self.translate(error, stage: stage, operation: operation) }
             }
         }
         pendingSends.removeAll()
-        if !posted.isEmpty {
-            let stage = self.stage
-            let errors = SendFailures()
-            let finishing = communicator.runInBackground { _ in
-                for (message, operation) in posted {
-                    for send in message.posted {
-                        do { try send.finish() } catch { errors.record(Self.translate(error, stage: stage, operation: operation)) }
-                    }
-                }
-            }
-            try? finishing.wait()
-            if let first = errors.first { failure = failure ?? first }
-        }
         if let failure { throw failure }
     }
 
@@ -400,10 +400,9 @@ private final class Arrival: @unchecked Sendable {
 
 /// A message a stage posted: header and payload stay alive (their memory untouched) until its
 /// sends are finished.
-private final class OutgoingMessage: @unchecked Sendable {
+private final class OutgoingMessage {
     let header: Tensor
     let payload: Tensor
-    /// Written by the communication thread's posting job, read by its finishing job.
     var posted: [PostedSend] = []
 
     init(header: Tensor, payload: Tensor) {
@@ -412,20 +411,7 @@ private final class OutgoingMessage: @unchecked Sendable {
     }
 }
 
-/// The first failure among a step's sends, recorded on the communication thread.
-private final class SendFailures: @unchecked Sendable {
-    private let lock = NSLock()
-    private var errors: [Error] = []
-
-    func record(_ error: Error) {
-        lock.lock()
-        errors.append(error)
-        lock.unlock()
-    }
-
-    var first: Error? {
-        lock.lock()
-        defer { lock.unlock() }
-        return errors.first
-    }
+/// The background channel, handed out by the communication thread once.
+private final class ChannelBox: @unchecked Sendable {
+    var channel: Communicator?
 }
