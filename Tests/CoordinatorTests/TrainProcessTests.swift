@@ -297,5 +297,14 @@ final class TrainProcessTests: XCTestCase {
         XCTAssertNotEqual(refused.status, 0)
         XCTAssertTrue(refused.output.contains("pipelined.yaml") && refused.output.contains("pp = 2"), refused.output)
         XCTAssertFalse(refused.output.contains("Fatal error"), refused.output)
+
+        // Rank 0 fails alone (in its 1-rank run) while rank 1 waits: the job ends with the error.
+        let lost = try writeConfig("lost.yaml", output: "user", dp: 2, batch: 4)
+        try String(contentsOfFile: lost, encoding: .utf8).replacingOccurrences(of: path("data"), with: path("nowhere"))
+            .write(toFile: lost, atomically: true, encoding: .utf8)
+        let failed = try run(try Self.mpirun(), Self.mpiFlags + ["-np", "2", try Self.executable("sura"), "bench", "train",
+                                                                 "--config", lost], timeout: 60)
+        XCTAssertNotEqual(failed.status, 0)
+        XCTAssertTrue(failed.output.contains("data.path") && failed.output.contains("nowhere"), failed.output)
     }
 }
