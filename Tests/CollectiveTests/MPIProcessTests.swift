@@ -34,9 +34,13 @@ final class MPIProcessTests: XCTestCase {
         process.standardError = pipe
         try process.run()
         let deadline = Date().addingTimeInterval(timeout)
-        var data = Data()
+        // The reader signals when it has the whole output: checking `isExecuting` instead could
+        // look before the thread had started and return nothing.
+        let output = OutputBox()
+        let done = DispatchSemaphore(value: 0)
         let reader = Thread {
-            data = pipe.fileHandleForReading.readDataToEndOfFile()
+            output.data = pipe.fileHandleForReading.readDataToEndOfFile()
+            done.signal()
         }
         reader.start()
         while process.isRunning && Date() < deadline { usleep(50_000) }
@@ -45,8 +49,8 @@ final class MPIProcessTests: XCTestCase {
             XCTFail("\(executable) \(arguments.joined(separator: " ")) did not finish within \(timeout) s")
         }
         process.waitUntilExit()
-        while reader.isExecuting { usleep(10_000) }
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        if done.wait(timeout: .now() + 30) == .timedOut { XCTFail("the output of \(executable) never ended") }
+        return (process.terminationStatus, String(decoding: output.data, as: UTF8.self))
     }
 
     func testSelfTestUnderMPIRunWithTwoThreeAndFourRanks() throws {
@@ -65,4 +69,9 @@ final class MPIProcessTests: XCTestCase {
         XCTAssertEqual(status, 0, output)
         XCTAssertTrue(output.contains("passed: 1 rank"), output)
     }
+}
+
+/// A child's output, written by the reader thread and read after it signalled.
+private final class OutputBox: @unchecked Sendable {
+    var data = Data()
 }

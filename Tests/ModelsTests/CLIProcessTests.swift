@@ -31,7 +31,11 @@ final class CLIProcessTests: XCTestCase {
         process.standardError = pipe
         try process.run()
         let box = OutputBox()
-        let reader = Thread { box.data = pipe.fileHandleForReading.readDataToEndOfFile() }
+        let done = DispatchSemaphore(value: 0)
+        let reader = Thread {
+            box.data = pipe.fileHandleForReading.readDataToEndOfFile()
+            done.signal()
+        }
         reader.start()
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(20_000) }
@@ -40,7 +44,8 @@ final class CLIProcessTests: XCTestCase {
             XCTFail("sura \(arguments.joined(separator: " ")) did not finish within \(timeout) s")
         }
         process.waitUntilExit()
-        while reader.isExecuting { usleep(10_000) }
+        // Waiting on `isExecuting` could look before the reader had started and return nothing.
+        if done.wait(timeout: .now() + 30) == .timedOut { XCTFail("the output of sura never ended") }
         return (process.terminationStatus, String(decoding: box.data, as: UTF8.self))
     }
 
