@@ -232,12 +232,7 @@ public final class InProcessCommunicator: Communicator {
     /// timeout, until the peer has copied it out.
     public func startSend(_ buffer: UnsafeBufferPointer<Float>, to peer: Int, tag: Int) throws -> PostedSend {
         let operation = "send to rank \(peer)"
-        try ArgumentCheck.peer(peer, size: size, operation: operation)
-        try ArgumentCheck.tag(tag, operation: operation)
-        let letter = InProcessHub.Letter(bytes: UnsafeRawBufferPointer(buffer))
-        let key = InProcessHub.MailboxKey(source: rank, destination: peer, tag: tag)
-        hub.post(letter, key: key)
-        channel.countSent(buffer.count * MemoryLayout<Float>.stride)
+        let (letter, key) = try post(UnsafeRawBufferPointer(buffer), to: peer, tag: tag, operation: operation)
         return PostedSend { [hub, self] in
             try hub.awaitDelivery(of: letter, key: key, deadline: Deadline(seconds: timeout), operation: operation)
         }
@@ -313,13 +308,20 @@ public final class InProcessCommunicator: Communicator {
     // MARK: Helpers
 
     private func sendBytes(_ bytes: UnsafeRawBufferPointer, to peer: Int, tag: Int, operation: String) throws {
+        let (letter, key) = try post(bytes, to: peer, tag: tag, operation: operation)
+        try hub.awaitDelivery(of: letter, key: key, deadline: Deadline(seconds: timeout), operation: operation)
+    }
+
+    /// Checks the arguments and leaves a letter pointing at `bytes` in `peer`'s mailbox.
+    private func post(_ bytes: UnsafeRawBufferPointer, to peer: Int, tag: Int,
+                      operation: String) throws -> (InProcessHub.Letter, InProcessHub.MailboxKey) {
         try ArgumentCheck.peer(peer, size: size, operation: operation)
         try ArgumentCheck.tag(tag, operation: operation)
         let letter = InProcessHub.Letter(bytes: bytes)
         let key = InProcessHub.MailboxKey(source: rank, destination: peer, tag: tag)
         hub.post(letter, key: key)
         channel.countSent(bytes.count)
-        try hub.awaitDelivery(of: letter, key: key, deadline: Deadline(seconds: timeout), operation: operation)
+        return (letter, key)
     }
 
     private func receiveFloats(into buffer: UnsafeMutableBufferPointer<Float>, from peer: Int, tag: Int,

@@ -110,17 +110,15 @@ public enum ConfigScalingBenchmark {
         var training = TrainingOptions()
         training.overwrite = true
         training.maxSteps = options.warmupSteps + options.steps
-        _ = try TrainingRun(config: config, options: training, communicator: communicator).run()
+        let run = try TrainingRun(config: config, options: training, communicator: communicator)
+        _ = try run.run()
         guard communicator.rank == 0 else { return 0 }
-        let metrics = URL(fileURLWithPath: config.outputDir).appendingPathComponent("metrics.jsonl")
-        let text = try String(contentsOf: metrics, encoding: .utf8)
-        let times = text.split(separator: "\n").compactMap { line -> Double? in
-            guard let row = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
-                  let step = row["step"] as? Int, step > options.warmupSteps else { return nil }
+        let times = run.outputs.metricLines.compactMap { row -> Double? in
+            guard let step = row["step"] as? Int, step > options.warmupSteps else { return nil }
             return row["step_s"] as? Double
         }
         guard times.count == options.steps, times.allSatisfy({ $0 > 0 }) else {
-            throw TrainingError.data("bench train: \(metrics.path) has \(times.count) timed steps after the warm-up, expected \(options.steps)")
+            throw TrainingError.data("bench train: \(run.outputs.metricsURL.path) has \(times.count) timed steps after the warm-up, expected \(options.steps)")
         }
         return Double(config.optim.batchSize * times.count) / times.reduce(0, +)
     }

@@ -14,7 +14,8 @@ public final class TrainingOutputs {
     public let directory: URL
     public let rank: Int
     private let logHandle: FileHandle?
-    private var metricLines: [[String: Any]] = []
+    /// Every line of metrics.jsonl so far (rank 0; empty elsewhere).
+    private(set) var metricLines: [[String: Any]] = []
 
     public init(directory path: String, rank: Int) throws {
         directory = URL(fileURLWithPath: path, isDirectory: true)

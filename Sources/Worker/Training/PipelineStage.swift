@@ -36,7 +36,7 @@ public struct PipelineStepResult {
 /// Messages carry a header of 10 floats — kind (1 activation, 2 gradient), micro-batch index,
 /// tensor rank, then up to 7 dimensions (each below 2²⁴, exact in float32) — followed by the
 /// float32 values in row-major order, both with tag `messageTag` on the communicator's
-/// background channel (its communication thread carries them, so sends overlap computation).
+/// background channel (sends are posted without waiting, so they overlap computation).
 /// A receiver checks kind and micro-batch against its schedule, so a schedule mismatch is an
 /// error, not silent corruption.
 ///
@@ -283,12 +283,12 @@ public final class PipelineStage {
         return header[3 ..< 3 + rank].map { Int($0) }
     }
 
-    // Every message goes through the communication thread, in schedule order, over the
-    // communicator's background channel. Receives are waited for at once; sends are not, so the
-    // stage computes its next micro-batch while the neighbour takes the last one (a synchronous
-    // send would make the stages advance in lock step, adding every jitter to the bubble).
-    // The comm thread performs exactly the sequence of blocking calls the schedule lists, which
-    // is what keeps it deadlock-free.
+    // Every message travels over the communicator's background channel, in schedule order.
+    // Receives (and exchanges) run on the communication thread and are waited for at once; sends
+    // are posted and not waited for, so the stage computes its next micro-batch while the
+    // neighbour takes the last one (a synchronous send would make the stages advance in lock
+    // step, adding every jitter to the bubble). The comm thread performs exactly the sequence of
+    // blocking calls the schedule lists, which is what keeps it deadlock-free.
 
     // A send is posted (MPI_Isend) by the stage's own thread and not waited for: had it gone
     // through the communication thread, the post would wait until the scheduler preempted the

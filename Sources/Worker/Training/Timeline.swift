@@ -158,8 +158,13 @@ public final class Timeline: @unchecked Sendable {
 
     /// Writes this rank's spans as a Chrome trace to `url` (atomically).
     public func write(to url: URL) throws {
+        try Timeline.write(spans, to: url)
+    }
+
+    /// Writes `spans` (any ranks') as one Chrome trace to `url` (atomically).
+    public static func write(_ spans: [Span], to url: URL) throws {
         do {
-            try Timeline.chromeTrace(spans).write(to: url, options: .atomic)
+            try chromeTrace(spans).write(to: url, options: .atomic)
         } catch {
             throw TimelineError.cannotWrite(path: url.path, reason: "\(error.localizedDescription)")
         }
@@ -167,9 +172,13 @@ public final class Timeline: @unchecked Sendable {
 
     /// `trace.json` → `trace.rank3.json`: the file of one rank when ranks write separately.
     public static func perRankURL(_ url: URL, rank: Int) -> URL {
+        siblingURL(url, inserting: "rank\(rank)")
+    }
+
+    /// `trace.json` → `trace.<label>.json` (`.json` when `url` has no extension).
+    public static func siblingURL(_ url: URL, inserting label: String) -> URL {
         let ext = url.pathExtension
-        let base = url.deletingPathExtension()
-        return base.appendingPathExtension("rank\(rank)").appendingPathExtension(ext.isEmpty ? "json" : ext)
+        return url.deletingPathExtension().appendingPathExtension(label).appendingPathExtension(ext.isEmpty ? "json" : ext)
     }
 
     /// Gathers every rank's spans on rank 0 of `communicator` and writes one merged trace there;
@@ -189,11 +198,7 @@ public final class Timeline: @unchecked Sendable {
             }
             all += theirs
         }
-        do {
-            try Timeline.chromeTrace(all).write(to: url, options: .atomic)
-        } catch {
-            throw TimelineError.cannotWrite(path: url.path, reason: "\(error.localizedDescription)")
-        }
+        try Timeline.write(all, to: url)
     }
 }
 

@@ -141,11 +141,7 @@ public enum TrainingBenchmark {
         }
         if let url = options.timeline {
             if group != nil {
-                do {
-                    try Timeline.chromeTrace(lastTimelines.flatMap(\.spans)).write(to: url, options: .atomic)
-                } catch {
-                    throw TimelineError.cannotWrite(path: url.path, reason: "\(error.localizedDescription)")
-                }
+                try Timeline.write(lastTimelines.flatMap(\.spans), to: url)
             } else {
                 try lastTimelines[0].writeMerged(to: url, over: world)
             }
@@ -156,12 +152,7 @@ public enum TrainingBenchmark {
             try group.run { comm in results[comm.rank] = try measurePipeline(on: comm, options: options) }
             pipeline = results[0]!.0
             if let url = options.timeline {
-                let spans = (0 ..< 2).flatMap { results[$0]!.1?.spans ?? [] }
-                do {
-                    try Timeline.chromeTrace(spans).write(to: pipelineTimelineURL(url), options: .atomic)
-                } catch {
-                    throw TimelineError.cannotWrite(path: pipelineTimelineURL(url).path, reason: "\(error.localizedDescription)")
-                }
+                try Timeline.write((0 ..< 2).flatMap { results[$0]!.1?.spans ?? [] }, to: pipelineTimelineURL(url))
             }
         } else {
             let recorded: Timeline?
@@ -298,8 +289,7 @@ public enum TrainingBenchmark {
 
     /// `t.json` → `t.pipeline.json`: where `--timeline` puts the pipeline's steps.
     public static func pipelineTimelineURL(_ url: URL) -> URL {
-        let ext = url.pathExtension
-        return url.deletingPathExtension().appendingPathExtension("pipeline").appendingPathExtension(ext.isEmpty ? "json" : ext)
+        Timeline.siblingURL(url, inserting: "pipeline")
     }
 
     /// The report as a table.
