@@ -118,4 +118,20 @@ final class ParallelTests: XCTestCase {
             assertClose(y, expected, atol: 1e-3, rtol: 1e-4)
         }
     }
+
+    /// The default thread count follows the CPU affinity mask (mpirun binds each rank to a
+    /// core): Linux's CPU lists are counted, malformed ones refused.
+    func testDefaultThreadsFollowTheAffinityMask() {
+        XCTAssertEqual(Threads.processorCount(list: "0"), 1)
+        XCTAssertEqual(Threads.processorCount(list: "0-3,8,10-11\n"), 7)
+        for bad in ["", "3-1", "a", "0-", "1,,2-x"] { XCTAssertNil(Threads.processorCount(list: bad), bad) }
+        let allowed = Threads.allowedProcessorCount
+        XCTAssertTrue((1...ProcessInfo.processInfo.activeProcessorCount).contains(allowed))
+        #if os(Linux)
+        // This process's own mask, from /proc, as the kernel reports it.
+        let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let line = status?.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+        XCTAssertEqual(allowed, line.flatMap { Threads.processorCount(list: $0.split(separator: ":")[1]) })
+        #endif
+    }
 }
