@@ -193,14 +193,24 @@ final class AdapterTrainProcessTests: XCTestCase {
     }
 
     /// Two data-parallel ranks under mpirun compute the same global batch as one process: the
-    /// losses agree to float rounding (the allreduce sums the two halves in another order).
+    /// losses agree to float rounding (the allreduce sums the two halves in another order). The
+    /// ranks share the encoding of the prompts, and the LLM table they assemble is bitwise the
+    /// one process's (its logged checksum; both runs use the same threads per process).
     func testAdapterDataParallelMatchesOneProcess() throws {
         let one = try writeConfig("ella", output: "one", steps: 3)
-        XCTAssertEqual(try run("train", ["--config", one]).status, 0)
+        let single = try run("train", ["--config", one])
+        XCTAssertEqual(single.status, 0, single.output)
         let two = try writeConfig("ella", output: "two", steps: 3, dp: 2)
         let mpi = try Self.launch(try TrainProcessTests.mpirun(),
                                   TrainProcessTests.mpiFlags + ["-np", "2", try TrainProcessTests.executable("train"), "--config", two])
         XCTAssertEqual(mpi.status, 0, mpi.output)
+        func checksum(_ output: String) -> String? {
+            output.split(separator: "\n").first { $0.contains("LLM features:") }?.split(separator: " ").last.map(String.init)
+        }
+        XCTAssertEqual(try XCTUnwrap(checksum(single.output), single.output), try XCTUnwrap(checksum(mpi.output), mpi.output),
+                       "dp = 2 assembled other LLM features than one process")
+        let rank1 = try String(contentsOfFile: path("two") + "/logs/rank-1.log", encoding: .utf8)
+        XCTAssertTrue(rank1.contains("encoded on rank 1 of 2"), rank1)
         let a = try losses("one"), b = try losses("two")
         XCTAssertEqual(a.keys.sorted(), b.keys.sorted())
         for (step, loss) in a { XCTAssertEqual(loss, b[step]!, accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }

@@ -52,7 +52,10 @@ public final class AdapterTask: TrainingTask {
     ///   when the adapter's width does not match the UNet's `cross_attention_dim`.
     /// - Parameter pipeline: the pipeline group when `topology.pp` > 1: the LLM's layers are
     ///   split over its ranks to compute the features (`PipelinedLLMFeatures`).
-    public init(config: TrainingConfig, dataset: ImageTextDataset, pipeline: Communicator? = nil, log: (String) -> Void) throws {
+    /// - Parameter agreement: the job's ranks, which share the encoding of the prompts
+    ///   (`PromptTableEncoder`); nil: this process encodes them all.
+    public init(config: TrainingConfig, dataset: ImageTextDataset, pipeline: Communicator? = nil, agreement: RankAgreement? = nil,
+         log: (String) -> Void) throws {
         guard let section = config.adapter, let type = config.task.adapterType else {
             throw TrainingError.config(file: config.file, key: "adapter", message: "is required")
         }
@@ -122,18 +125,9 @@ public final class AdapterTask: TrainingTask {
         let shown = records.map { section.promptField == "text" ? $0.text : $0.prompt }
         var textPrompts = shown + [""]
         if type == .surAdapter || type == .vokenMapper { textPrompts += records.map(\.prompt) }
-        func table(_ label: String, _ prompts: [String], encode: ([String]) throws -> Tensor) throws -> PromptFeatureTable {
-            let started = Date()
-            var bar: ProgressBar? = nil
-            let result = try PromptFeatureTable(prompts: prompts, batchSize: Self.llmChunk, encode: encode, progress: { done, total in
-                if bar == nil { bar = ProgressBar(total: total, label: label, unit: "prompts") }
-                bar?.update(done)
-            })
-            log(String(format: "%@: %d distinct prompts in %.1f s", label, result.count, Date().timeIntervalSince(started)))
-            return result
-        }
+        let tables = PromptTableEncoder(agreement: agreement, chunk: Self.llmChunk)
         if needsText, let textEncoder {
-            text = try table("text encoder", textPrompts) { try textEncoder.conditioning(for: $0) }
+            text = try tables.table("text encoder", textPrompts, log: log) { try textEncoder.conditioning(for: $0) }
         } else {
             text = nil
         }
@@ -147,13 +141,17 @@ public final class AdapterTask: TrainingTask {
                 let outputMean = try withoutGrad { llm.llm.lmHead.weight.mean(axes: [0], keepDims: true) }
                 let head = VokenLanguageHead(initial: outputMean.expanded(to: [count, llm.width]).contiguous())
                 vokenHead = head
-                let tables = try Self.vokenTables(PromptFeatureTable.distinct(shown), encoder: llm, vokens: rows, log: log)
-                vokenTable = tables.states
-                lmTable = tables.lm
+                // One frozen pass per chunk gives the voken states [V, Dl] and LM example rows [P, Dl + 4] of each prompt.
+                let both = try tables.tables("LLM voken documents", shown, log: log) { prompts in
+                    let pass = try LMExampleRows.encode(prompts, encoder: llm, vokens: rows)
+                    return [pass.states, pass.rows]
+                }
+                vokenTable = both[0]
+                lmTable = both[1]
             } else {
                 vokenHead = nil
                 lmTable = nil
-                vokenTable = try table("LLM voken states", shown) { prompts in try withoutGrad { try llm.vokenStates(prompts, vokens: rows) } }
+                vokenTable = try tables.table("LLM voken states", shown, log: log) { prompts in try withoutGrad { try llm.vokenStates(prompts, vokens: rows) } }
             }
             llmTable = nil
         } else if let llm, let lora = section.llmLoRA {
@@ -176,11 +174,13 @@ public final class AdapterTask: TrainingTask {
             lmTable = nil
             let started = Date()
             if let pipeline, pipeline.size > 1 {
+                // Every rank must have loaded its models before the stages start exchanging activations.
+                try agreement?("loading the models") {}
                 llmTable = try PipelinedLLMFeatures.table(prompts: PromptFeatureTable.distinct(shown + [""]), encoder: llm,
                                                           communicator: pipeline, chunk: Self.llmChunk, topology: config.topology,
                                                           file: config.file, log: log)
             } else {
-                llmTable = try table("LLM layer \(llm.layer)", shown + [""]) { prompts in
+                llmTable = try tables.table("LLM layer \(llm.layer)", shown + [""], log: log) { prompts in
                     let (hidden, mask) = try llm.encode(prompts)
                     return Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2)
                 }
@@ -219,29 +219,6 @@ public final class AdapterTask: TrainingTask {
     /// Prompts per LLM forward pass (the same chunks with and without a pipeline, so the
     /// features are bitwise equal).
     static let llmChunk = 32
-
-    /// The voken states [V, Dl] and LM example rows [P, Dl + 4] of every prompt in `prompts`
-    /// (distinct), from one frozen LLM pass per chunk.
-    static func vokenTables(_ prompts: [String], encoder: LLMPromptEncoder, vokens: Tensor,
-                            log: (String) -> Void) throws -> (states: PromptFeatureTable, lm: PromptFeatureTable) {
-        let started = Date()
-        let bar = ProgressBar(total: prompts.count, label: "LLM voken documents", unit: "prompts")
-        var states: [Tensor] = [], rows: [Tensor] = []
-        var start = 0
-        while start < prompts.count {
-            let chunk = Array(prompts[start ..< min(start + llmChunk, prompts.count)])
-            let pass = try LMExampleRows.encode(chunk, encoder: encoder, vokens: vokens)
-            states.append(pass.states)
-            rows.append(pass.rows)
-            start += chunk.count
-            bar.update(start)
-        }
-        let tables = (try PromptFeatureTable(prompts: prompts, values: Tensor.concat(states, axis: 0)),
-                      try PromptFeatureTable(prompts: prompts, values: Tensor.concat(rows, axis: 0)))
-        log(String(format: "LLM voken documents: %d distinct prompts (voken states and LM examples) in %.1f s",
-                   prompts.count, Date().timeIntervalSince(started)))
-        return tables
-    }
 
     func prompt(_ record: DatasetRecord) -> String { section.promptField == "text" ? record.text : record.prompt }
 

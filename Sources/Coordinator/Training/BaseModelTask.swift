@@ -23,7 +23,9 @@ public final class BaseModelTask: TrainingTask {
     /// Builds the UNet from its config (random weights from `seed`), loads the text encoder and
     /// encodes every complex prompt of the dataset once.
     /// - Throws: errors naming the config key, file or folder at fault.
-    public init(config: TrainingConfig, dataset: ImageTextDataset, log: (String) -> Void) throws {
+    /// - Parameter agreement: the job's ranks, which share the encoding of the prompts
+    ///   (`PromptTableEncoder`); nil: this process encodes them all.
+    public init(config: TrainingConfig, dataset: ImageTextDataset, agreement: RankAgreement? = nil, log: (String) -> Void) throws {
         guard let section = config.base else { throw TrainingError.config(file: config.file, key: "base", message: "is required") }
         self.section = section
         self.dataset = dataset
@@ -52,14 +54,8 @@ public final class BaseModelTask: TrainingTask {
                                        message: "gives \(encoder.width)-wide tokens but the UNet's cross_attention_dim is \(width)")
         }
         let prompts = dataset.records.map(\.prompt)
-        let started = Date()
-        var bar: ProgressBar? = nil
-        features = try PromptFeatureTable(prompts: prompts + [""], batchSize: 64, encode: { try encoder.conditioning(for: $0) },
-                                          progress: { done, total in
-            if bar == nil { bar = ProgressBar(total: total, label: "encoding prompts", unit: "prompts") }
-            bar?.update(done)
-        })
-        log(String(format: "encoded %d distinct prompts in %.1f s", features.count, Date().timeIntervalSince(started)))
+        features = try PromptTableEncoder(agreement: agreement, chunk: 64)
+            .table("text encoder", prompts + [""], log: log) { try encoder.conditioning(for: $0) }
         emptyFeatures = try features.features([""])
         schedulerConfig = config.diffusion.scheduler
         lossFunction = DiffusionLoss(schedule: try NoiseSchedule(config: schedulerConfig),

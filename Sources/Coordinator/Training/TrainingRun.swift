@@ -55,6 +55,7 @@ public final class TrainingRun {
     public let options: TrainingOptions
     public let communicator: Communicator
     public let outputs: TrainingOutputs
+    private let agreement: RankAgreement
 
     public init(config: TrainingConfig, options: TrainingOptions, communicator: Communicator) throws {
         self.config = config
@@ -71,24 +72,13 @@ public final class TrainingRun {
                                        message: "\(config.optim.batchSize) must be a multiple of dp × pp × gradient_accumulation = \(config.topology.dp) × \(config.topology.pp) × \(config.optim.gradientAccumulation)")
         }
         outputs = try TrainingOutputs(directory: config.outputDir, rank: communicator.rank)
+        agreement = RankAgreement(communicator: communicator)
     }
 
     /// Every rank runs `body`; if any rank throws, every rank throws (the others with an error
     /// naming the failing rank), so a problem on one rank never leaves the rest waiting.
     func agree<T>(_ what: String, _ body: () throws -> T) throws -> T {
-        var result: Result<T, Error>
-        do { result = .success(try body()) } catch { result = .failure(error) }
-        var flags = [Float](repeating: 0, count: communicator.size)
-        if case .failure = result { flags[communicator.rank] = 1 }
-        try communicator.allreduce(&flags, op: .sum)
-        switch result {
-        case .failure(let error): throw error
-        case .success(let value):
-            if let failed = flags.firstIndex(where: { $0 > 0 }) {
-                throw TrainingError.otherRank(rank: failed, message: "\(what) failed there (its log says why); stopping")
-            }
-            return value
-        }
+        try agreement(what, body)
     }
 
     /// Runs the whole job; returns the last step's mean loss.
@@ -117,9 +107,9 @@ public final class TrainingRun {
             : nil
         let task: TrainingTask = try agree("building the model") {
             switch config.task {
-            case .base: return try BaseModelTask(config: config, dataset: dataset, log: log)
+            case .base: return try BaseModelTask(config: config, dataset: dataset, agreement: agreement, log: log)
             case .surAdapter, .crossAdapter, .vokenMapper, .ella:
-                return try AdapterTask(config: config, dataset: dataset, pipeline: groups?.pipeline, log: log)
+                return try AdapterTask(config: config, dataset: dataset, pipeline: groups?.pipeline, agreement: agreement, log: log)
             }
         }
         let parameters = task.module.namedTrainableParameters().map { (name: $0.0, tensor: $0.1) }

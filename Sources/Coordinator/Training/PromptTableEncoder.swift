@@ -1,0 +1,118 @@
+import Foundation
+import Tensor
+import Data
+import Collective
+
+/// Builds the feature tables of a frozen encoder (text encoder, LLM) that every rank of a job
+/// needs, sharing the encoding over the ranks instead of repeating it on each.
+///
+/// The distinct prompts are cut into the chunks one process would encode (`chunk` prompts each,
+/// first-seen order); rank r of n encodes the r-th of n contiguous runs of chunks (runs differ by
+/// at most one chunk), then each run is broadcast from the rank that encoded it. Every chunk meets
+/// the same kernels with the same shapes as in one process, so the tables are bitwise those of
+/// one process (`PromptFeatureTable.checksum`), whatever the number of ranks.
+public struct PromptTableEncoder {
+    /// The ranks sharing the work and the agreement that fails them together; nil: this process alone.
+    public var agreement: RankAgreement?
+    /// Prompts per encoder call.
+    public var chunk: Int
+
+    public init(agreement: RankAgreement?, chunk: Int) {
+        self.agreement = agreement
+        self.chunk = max(1, chunk)
+    }
+
+    /// One table (run of chunks, broadcast) per tensor `encode` returns.
+    ///   - encode: [b] prompts → tables' features, each [b, L_t, D_t].
+    /// - Throws: what `encode` throws (on every rank: `TrainingError.otherRank` on the others);
+    ///   `TrainingError.data` when `prompts` is empty or the encoder's shapes change between chunks.
+    public func tables(_ label: String, _ prompts: [String], log: (String) -> Void,
+                encode: ([String]) throws -> [Tensor]) throws -> [PromptFeatureTable] {
+        let started = Date()
+        let distinct = PromptFeatureTable.distinct(prompts)
+        guard !distinct.isEmpty else { throw TrainingError.data("\(label): no prompts to encode") }
+        let size = agreement?.communicator.size ?? 1, rank = agreement?.communicator.rank ?? 0
+        let chunkCount = (distinct.count + chunk - 1) / chunk
+        // Rank r's prompts: chunks [r·c/n, (r+1)·c/n), as a prompt range.
+        func run(_ r: Int) -> Range<Int> {
+            let first = r * chunkCount / size, end = (r + 1) * chunkCount / size
+            return min(first * chunk, distinct.count) ..< min(end * chunk, distinct.count)
+        }
+        let mine = run(rank)
+
+        // Local part: per table, the shape [L, D] of one prompt and the values of `mine`.
+        func encodeMine() throws -> (shapes: [[Int]], values: [[Float]]) {
+            var shapes: [[Int]] = [], values: [[Float]] = []
+            let bar = mine.isEmpty ? nil : ProgressBar(total: mine.count, label: size > 1 ? "\(label) (rank \(rank)'s share)" : label,
+                                                       unit: "prompts")
+            var start = mine.lowerBound
+            while start < mine.upperBound {
+                let prompts = Array(distinct[start ..< min(start + chunk, mine.upperBound)])
+                let outputs = try encode(prompts)
+                if shapes.isEmpty {
+                    shapes = outputs.map { Array($0.shape.dropFirst()) }
+                    values = shapes.map { shape in
+                        var buffer: [Float] = []
+                        buffer.reserveCapacity(mine.count * shape.reduce(1, *))
+                        return buffer
+                    }
+                }
+                guard outputs.count == shapes.count else {
+                    throw TrainingError.data("\(label): the encoder returned \(outputs.count) tensors, then \(shapes.count)")
+                }
+                for (t, output) in outputs.enumerated() {
+                    guard output.shape == [prompts.count] + shapes[t] else {
+                        throw TrainingError.data("\(label): the encoder returned \(output.shape) for \(prompts.count) prompts, expected \([prompts.count] + shapes[t])")
+                    }
+                    let contiguous = output.contiguous()
+                    values[t].append(contentsOf: UnsafeBufferPointer(start: contiguous.storage.pointer + contiguous.offset, count: contiguous.count))
+                }
+                start += prompts.count
+                bar?.update(start - mine.lowerBound)
+            }
+            if shapes.isEmpty {
+                // No chunk fell to this rank (fewer chunks than ranks): one prompt gives the shapes.
+                shapes = try encode([distinct[0]]).map { Array($0.shape.dropFirst()) }
+                values = shapes.map { _ in [] }
+            }
+            return (shapes, values)
+        }
+        let local = try agreement.map { try $0(label) { try encodeMine() } } ?? encodeMine()
+
+        var tables: [PromptFeatureTable] = []
+        for (t, shape) in local.shapes.enumerated() {
+            guard shape.count == 2 else {
+                throw TrainingError.data("\(label): the encoder returned rows of shape \(shape), expected [L, D]")
+            }
+            let stride = shape[0] * shape[1]
+            var all: [Float]
+            if size == 1 {
+                all = local.values[t]
+            } else {
+                all = [Float](repeating: 0, count: distinct.count * stride)
+                all.withUnsafeMutableBufferPointer { buffer in
+                    local.values[t].withUnsafeBufferPointer { part in
+                        _ = UnsafeMutableBufferPointer(rebasing: buffer[mine.lowerBound * stride ..< mine.upperBound * stride]).update(fromContentsOf: part)
+                    }
+                }
+                try all.withUnsafeMutableBufferPointer { buffer in
+                    for root in 0..<size where !run(root).isEmpty {
+                        let rows = run(root)
+                        try agreement!.communicator.broadcast(UnsafeMutableBufferPointer(rebasing: buffer[rows.lowerBound * stride ..< rows.upperBound * stride]),
+                                                              root: root)
+                    }
+                }
+            }
+            tables.append(try PromptFeatureTable(prompts: distinct, values: Tensor(shape: [distinct.count] + shape, data: all)))
+        }
+        log(String(format: "%@: %d distinct prompts in %.1f s", label, distinct.count, Date().timeIntervalSince(started))
+            + (size > 1 ? ", \(mine.count) of them encoded on rank \(rank) of \(size)" : ""))
+        return tables
+    }
+
+    /// The table of a single-output encoder ([b] prompts → [b, L, D]).
+    public func table(_ label: String, _ prompts: [String], log: (String) -> Void,
+               encode: ([String]) throws -> Tensor) throws -> PromptFeatureTable {
+        try tables(label, prompts, log: log) { [try encode($0)] }[0]
+    }
+}

@@ -1,0 +1,42 @@
+import Foundation
+import Collective
+
+/// Makes a step fail on every rank when it fails on any, so no rank is left waiting in a
+/// collective that a failed rank will never join.
+///
+/// After the step each rank contributes one flag (1: I failed) to an allreduce over the group.
+/// Steps may nest: an inner step that fails on some rank already failed everywhere, so the outer
+/// step passes that error on without a second exchange. A rank whose outer step fails before it
+/// reaches the inner exchange takes part in that exchange from its outer one (both are the same
+/// allreduce of `size` floats), so every rank makes exactly one exchange either way.
+public final class RankAgreement {
+    public let communicator: Communicator
+    /// Set once an exchange has found a failure: every rank is throwing by then.
+    private var failureAgreed = false
+
+    public init(communicator: Communicator) {
+        self.communicator = communicator
+    }
+
+    /// Runs `body` on this rank; throws its error, or `TrainingError.otherRank` naming the first
+    /// rank where it failed (`what` says which step).
+    public func callAsFunction<T>(_ what: String, _ body: () throws -> T) throws -> T {
+        var result: Result<T, Error>
+        do { result = .success(try body()) } catch { result = .failure(error) }
+        if case .failure(let error) = result, failureAgreed { throw error }
+        var flags = [Float](repeating: 0, count: communicator.size)
+        if case .failure = result { flags[communicator.rank] = 1 }
+        try communicator.allreduce(&flags, op: .sum)
+        switch result {
+        case .failure(let error):
+            failureAgreed = true
+            throw error
+        case .success(let value):
+            if let failed = flags.firstIndex(where: { $0 > 0 }) {
+                failureAgreed = true
+                throw TrainingError.otherRank(rank: failed, message: "\(what) failed there (its log says why); stopping")
+            }
+            return value
+        }
+    }
+}
