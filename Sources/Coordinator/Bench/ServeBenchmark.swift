@@ -162,8 +162,11 @@ public enum ServeBenchmark {
             let wait = rate != nil && now < end ? max(0, next - MonotonicClock.now()) : 0.05
             let readable = try ZMQSocket.pollReadable([socket], timeout: Int((wait * 1000).rounded(.up)))
             guard readable[0] else { continue }
-            while let message = try socket.receive(dontWait: true) {
-                let received = MonotonicClock.now()
+            // Stamp every waiting reply before decoding any: the client's own JSON work is not the
+            // scheduler's overhead, and would otherwise delay the stamps of a batch's later replies.
+            var arrived: [(message: ZMQMessage, at: Double)] = []
+            while let message = try socket.receive(dontWait: true) { arrived.append((message, MonotonicClock.now())) }
+            for (message, received) in arrived {
                 guard let (command, payload) = try? WireProtocol.parse(message.frames.dropFirst()), let first = payload.first else { continue }
                 if command == WireProtocol.result, let header = try? WireProtocol.decode(ResultHeader.self, from: first, what: "RESULT"),
                    let sent = sentAt.removeValue(forKey: header.id) {
