@@ -196,11 +196,18 @@ final class AdapterTrainProcessTests: XCTestCase {
     /// losses agree to float rounding (the allreduce sums the two halves in another order). The
     /// ranks share the encoding of the prompts, and the LLM table they assemble is bitwise the
     /// one process's (its logged checksum; both runs use the same threads per process).
+    /// Both draw the end-of-run samples (the two ranks 16 each): the same pictures, to a
+    /// rounding step of the 8-bit pixels (the UNet runs batches of 16 rather than 32).
     func testAdapterDataParallelMatchesOneProcess() throws {
-        let one = try writeConfig("ella", output: "one", steps: 3)
+        func sampling(_ config: String) throws -> String {
+            try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "checkpoint: {every: 1}", with: "checkpoint: {every: 1, sample_every: 3}")
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            return config
+        }
+        let one = try sampling(try writeConfig("ella", output: "one", steps: 3))
         let single = try run("train", ["--config", one])
         XCTAssertEqual(single.status, 0, single.output)
-        let two = try writeConfig("ella", output: "two", steps: 3, dp: 2)
+        let two = try sampling(try writeConfig("ella", output: "two", steps: 3, dp: 2))
         let mpi = try Self.launch(try TrainProcessTests.mpirun(),
                                   TrainProcessTests.mpiFlags + ["-np", "2", try TrainProcessTests.executable("train"), "--config", two])
         XCTAssertEqual(mpi.status, 0, mpi.output)
@@ -211,6 +218,11 @@ final class AdapterTrainProcessTests: XCTestCase {
                        "dp = 2 assembled other LLM features than one process")
         let rank1 = try String(contentsOfFile: path("two") + "/logs/rank-1.log", encoding: .utf8)
         XCTAssertTrue(rank1.contains("encoded on rank 1 of 2"), rank1)
+        let gridOne = try PNGImage(contentsOf: URL(fileURLWithPath: path("one") + "/samples.png"))
+        let gridTwo = try PNGImage(contentsOf: URL(fileURLWithPath: path("two") + "/samples.png"))
+        XCTAssertEqual([gridOne.width, gridOne.height], [gridTwo.width, gridTwo.height])
+        let differences = zip(gridOne.pixels, gridTwo.pixels).map { abs(Int($0) - Int($1)) }
+        XCTAssertLessThanOrEqual(differences.max() ?? 0, 1, "dp = 2 drew other samples than one process")
         let a = try losses("one"), b = try losses("two")
         XCTAssertEqual(a.keys.sorted(), b.keys.sorted())
         for (step, loss) in a { XCTAssertEqual(loss, b[step]!, accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }

@@ -42,7 +42,7 @@ public final class AdapterTask: TrainingTask {
     let textEncoder: TextEncoderConditioning?
     let lossFunction: DiffusionLoss
     let schedulerConfig: SchedulerConfig
-    private let evaluationRecords: [DatasetRecord]
+    public let evaluationRecords: [DatasetRecord]
     private let scoring: SampleScoring
 
     /// Loads the base model and the LLM, builds the adapter (random init from `seed`) and
@@ -356,14 +356,17 @@ public final class AdapterTask: TrainingTask {
         }
     }
 
-    public func samples(step: Int) throws -> TrainingSamples? {
+    public func sampleImages(step: Int, range: Range<Int>) throws -> Tensor {
         let provider = try conditioningProvider()
         let pipeline = try TextToImagePipeline(unet: unet, vae: nil, scheduler: SchedulerRegistry.makeScheduler(config: schedulerConfig),
                                                conditioningProvider: provider)
-        let records = evaluationRecords
-        let result = try pipeline.generate(records.enumerated().map { ImagePrompt(prompt($1), seed: UInt64($0)) },
-                                           options: TextToImageOptions(steps: 25, guidanceScale: 4, height: dataset.height, width: dataset.width))
-        return TrainingSamples(grid: try result.grid(columns: 8), scores: try scoring.score(images: result.images, records: records))
+        let prompts = range.map { ImagePrompt(prompt(evaluationRecords[$0]), seed: UInt64($0)) }
+        return try pipeline.generate(prompts, options: TextToImageOptions(steps: 25, guidanceScale: 4, height: dataset.height,
+                                                                          width: dataset.width)).images
+    }
+
+    public func scoreSamples(_ images: Tensor) throws -> [String: Double] {
+        try scoring.score(images: images, records: evaluationRecords)
     }
 
     /// The adapter as inference uses it (the same encoders, the same voken rows).

@@ -15,7 +15,7 @@ public final class BaseModelTask: TrainingTask {
     public let lossFunction: DiffusionLoss
     public let schedulerConfig: SchedulerConfig
     public let section: TrainingConfig.BaseSection
-    private let evaluationRecords: [DatasetRecord]
+    public let evaluationRecords: [DatasetRecord]
     private let scoring: SampleScoring
 
     public var module: Module { unet }
@@ -80,16 +80,17 @@ public final class BaseModelTask: TrainingTask {
         return (loss, [:])
     }
 
-    public func samples(step: Int) throws -> TrainingSamples? {
+    public func sampleImages(step: Int, range: Range<Int>) throws -> Tensor {
         let pipeline = try TextToImagePipeline(unet: unet, vae: nil, scheduler: SchedulerRegistry.makeScheduler(config: schedulerConfig),
                                                conditioningProvider: nil)
-        let records = evaluationRecords
-        let conditioning = try features.features(records.map(\.prompt))
-        let result = try pipeline.generate(conditioning: conditioning, negativeConditioning: emptyFeatures,
-                                           seeds: records.indices.map { UInt64($0) },
-                                           options: TextToImageOptions(steps: 25, guidanceScale: 4,
-                                                                       height: dataset.height, width: dataset.width))
-        return TrainingSamples(grid: try result.grid(columns: 8), scores: try scoring.score(images: result.images, records: records))
+        let conditioning = try features.features(range.map { evaluationRecords[$0].prompt })
+        return try pipeline.generate(conditioning: conditioning, negativeConditioning: emptyFeatures, seeds: range.map { UInt64($0) },
+                                     options: TextToImageOptions(steps: 25, guidanceScale: 4, height: dataset.height,
+                                                                 width: dataset.width)).images
+    }
+
+    public func scoreSamples(_ images: Tensor) throws -> [String: Double] {
+        try scoring.score(images: images, records: evaluationRecords)
     }
 
     /// Writes a model folder `sura generate` loads: unet/, scheduler/ and sura.json naming the

@@ -7,10 +7,10 @@ import Collective
 /// needs, sharing the encoding over the ranks instead of repeating it on each.
 ///
 /// The distinct prompts are cut into the chunks one process would encode (`chunk` prompts each,
-/// first-seen order); rank r of n encodes the r-th of n contiguous runs of chunks (runs differ by
-/// at most one chunk), then each run is broadcast from the rank that encoded it. Every chunk meets
-/// the same kernels with the same shapes as in one process, so the tables are bitwise those of
-/// one process (`PromptFeatureTable.checksum`), whatever the number of ranks.
+/// first-seen order); rank r of n encodes the r-th of n contiguous runs of chunks, then each run
+/// is broadcast from the rank that encoded it (`RankShares`). Every chunk meets the same kernels
+/// with the same shapes as in one process, so the tables are bitwise those of one process
+/// (`PromptFeatureTable.checksum`), whatever the number of ranks.
 public struct PromptTableEncoder {
     /// The ranks sharing the work and the agreement that fails them together; nil: this process alone.
     public var agreement: RankAgreement?
@@ -32,13 +32,8 @@ public struct PromptTableEncoder {
         let distinct = PromptFeatureTable.distinct(prompts)
         guard !distinct.isEmpty else { throw TrainingError.data("\(label): no prompts to encode") }
         let size = agreement?.communicator.size ?? 1, rank = agreement?.communicator.rank ?? 0
-        let chunkCount = (distinct.count + chunk - 1) / chunk
-        // Rank r's prompts: chunks [r·c/n, (r+1)·c/n), as a prompt range.
-        func run(_ r: Int) -> Range<Int> {
-            let first = r * chunkCount / size, end = (r + 1) * chunkCount / size
-            return min(first * chunk, distinct.count) ..< min(end * chunk, distinct.count)
-        }
-        let mine = run(rank)
+        let runs = RankShares.runs(count: distinct.count, ranks: size, unit: chunk)
+        let mine = runs[rank]
 
         // Local part: per table, the shape [L, D] of one prompt and the values of `mine`.
         func encodeMine() throws -> (shapes: [[Int]], values: [[Float]]) {
@@ -58,7 +53,7 @@ public struct PromptTableEncoder {
                     }
                 }
                 guard outputs.count == shapes.count else {
-                    throw TrainingError.data("\(label): the encoder returned \(outputs.count) tensors, then \(shapes.count)")
+                    throw TrainingError.data("\(label): the encoder returned \(shapes.count) tensors, then \(outputs.count)")
                 }
                 for (t, output) in outputs.enumerated() {
                     guard output.shape == [prompts.count] + shapes[t] else {
@@ -75,34 +70,19 @@ public struct PromptTableEncoder {
                 shapes = try encode([distinct[0]]).map { Array($0.shape.dropFirst()) }
                 values = shapes.map { _ in [] }
             }
+            if let bad = shapes.first(where: { $0.count != 2 }) {
+                throw TrainingError.data("\(label): the encoder returned rows of shape \(bad), expected [L, D]")
+            }
             return (shapes, values)
         }
         let local = try agreement.map { try $0(label) { try encodeMine() } } ?? encodeMine()
 
         var tables: [PromptFeatureTable] = []
         for (t, shape) in local.shapes.enumerated() {
-            guard shape.count == 2 else {
-                throw TrainingError.data("\(label): the encoder returned rows of shape \(shape), expected [L, D]")
-            }
-            let stride = shape[0] * shape[1]
-            var all: [Float]
-            if size == 1 {
-                all = local.values[t]
-            } else {
-                all = [Float](repeating: 0, count: distinct.count * stride)
-                all.withUnsafeMutableBufferPointer { buffer in
-                    local.values[t].withUnsafeBufferPointer { part in
-                        _ = UnsafeMutableBufferPointer(rebasing: buffer[mine.lowerBound * stride ..< mine.upperBound * stride]).update(fromContentsOf: part)
-                    }
-                }
-                try all.withUnsafeMutableBufferPointer { buffer in
-                    for root in 0..<size where !run(root).isEmpty {
-                        let rows = run(root)
-                        try agreement!.communicator.broadcast(UnsafeMutableBufferPointer(rebasing: buffer[rows.lowerBound * stride ..< rows.upperBound * stride]),
-                                                              root: root)
-                    }
-                }
-            }
+            let all = try agreement.map {
+                try RankShares.assemble(local.values[t], rowSize: shape[0] * shape[1], runs: runs, count: distinct.count,
+                                        communicator: $0.communicator)
+            } ?? local.values[t]
             tables.append(try PromptFeatureTable(prompts: distinct, values: Tensor(shape: [distinct.count] + shape, data: all)))
         }
         log(String(format: "%@: %d distinct prompts in %.1f s", label, distinct.count, Date().timeIntervalSince(started))

@@ -231,9 +231,7 @@ public final class TrainingRun {
                 try saveCheckpoint(step: step, task: task, optimizer: optimizer, ema: ema)
             }
             if samplesDue {
-                // Every rank draws the (identical) samples, so none waits at the next collective
-                // longer than its timeout while rank 0 alone samples; only rank 0 writes them.
-                try agree("drawing samples") { try writeSamples(step: step, task: task, parameters: parameters, ema: ema) }
+                try writeSamples(step: step, task: task, parameters: parameters, ema: ema)
             }
         }
         if let path = options.timeline, let timeline = replica.timeline {
@@ -323,15 +321,38 @@ public final class TrainingRun {
         return step
     }
 
+    /// Draws the evaluation samples with the current (EMA) weights, each rank a contiguous share
+    /// (`RankShares`), so no rank idles towards its collective timeout while another samples;
+    /// rank 0 assembles the grid, scores it and writes both.
     func writeSamples(step: Int, task: TrainingTask, parameters: [(name: String, tensor: Tensor)], ema: ExponentialMovingAverage?) throws {
-        let backup = parameters.map { $0.tensor.contiguousCopy() }
-        ema?.copy(into: parameters)
-        task.module.eval()
-        defer {
-            for (k, p) in parameters.enumerated() { p.tensor.assign(backup[k]) }
-            task.module.train()
+        let records = task.evaluationRecords.count
+        guard records > 0 else { return }
+        let runs = RankShares.runs(count: records, ranks: communicator.size)
+        let mine = runs[communicator.rank]
+        let (height, width) = (task.dataset.height, task.dataset.width)
+        let rowSize = 3 * height * width
+        let drawn: [Float] = try agree("drawing samples") {
+            guard !mine.isEmpty else { return [] }
+            let backup = parameters.map { $0.tensor.contiguousCopy() }
+            ema?.copy(into: parameters)
+            task.module.eval()
+            defer {
+                for (k, p) in parameters.enumerated() { p.tensor.assign(backup[k]) }
+                task.module.train()
+            }
+            let images = try task.sampleImages(step: step, range: mine).contiguous()  // [n, 3, H, W]
+            guard images.shape == [mine.count, 3, height, width] else {
+                throw TrainingError.data("samples of shape \(images.shape), expected [\(mine.count), 3, \(height), \(width)]")
+            }
+            return Array(UnsafeBufferPointer(start: images.storage.pointer + images.offset, count: images.count))
         }
-        guard let samples = try task.samples(step: step), communicator.rank == 0 else { return }
-        try outputs.writeSamples(samples, step: step)
+        let all = try RankShares.assemble(drawn, rowSize: rowSize, runs: runs, count: records, communicator: communicator)
+        try agree("writing samples") {
+            guard communicator.rank == 0 else { return }
+            let images = Tensor(shape: [records, 3, height, width], data: all)
+            let pngs = try (0..<records).map { try PNGImage(tensor: images.sliced(axis: 0, $0, $0 + 1)) }
+            try outputs.writeSamples(TrainingSamples(grid: try PNGImage.grid(pngs, columns: 8), scores: try task.scoreSamples(images)),
+                                     step: step)
+        }
     }
 }

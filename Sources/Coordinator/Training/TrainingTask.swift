@@ -16,9 +16,14 @@ public protocol TrainingTask: AnyObject {
     /// The mean loss over `indices`; sample b draws all its randomness from `generators[b]`.
     /// Returns the loss and named components to log (e.g. "diffusion", "kl").
     func loss(indices: [Int], generators: inout [SeededGenerator]) throws -> (total: Tensor, parts: [String: Double])
-    /// Images for a fixed set of evaluation prompts with the current weights, plus the
-    /// semantic checker's scores when it can score them; nil when the task has nothing to show.
-    func samples(step: Int) throws -> TrainingSamples?
+    /// The records whose prompts the evaluation samples show, the same every run; empty: none.
+    var evaluationRecords: [DatasetRecord] { get }
+    /// Images of `evaluationRecords[range]` with the current weights: [range.count, 3, H, W] in
+    /// [0, 1]. Record k draws its noise from seed k, so the ranks can each draw a share.
+    func sampleImages(step: Int, range: Range<Int>) throws -> Tensor
+    /// The semantic checker's scores of all evaluation images [N, 3, H, W]; empty when it
+    /// cannot score them.
+    func scoreSamples(_ images: Tensor) throws -> [String: Double]
     /// Writes the trained result where users load it from (e.g. a model folder).
     func export(to path: String) throws -> [String]
 }
