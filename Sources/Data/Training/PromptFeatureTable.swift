@@ -14,39 +14,8 @@ public final class PromptFeatureTable: @unchecked Sendable {
     private let rows: [String: Int]
     private let values: TensorStorage
 
-    /// Encodes every distinct prompt in `prompts` with `encode` ([b] prompts → [b, L, D]), in
-    /// batches of `batchSize`, calling `progress(done, total)` after each batch.
-    /// - Throws: what `encode` throws; `PromptFeatureError` when it returns another shape.
-    public init(prompts: [String], batchSize: Int = 64,
-                encode: ([String]) throws -> Tensor, progress: ((Int, Int) -> Void)? = nil) throws {
-        var seen = Set<String>()
-        let distinct = prompts.filter { seen.insert($0).inserted }
-        guard let first = distinct.first else { throw PromptFeatureError(message: "no prompts to encode") }
-        let probe = try encode([first])
-        guard probe.rank == 3, probe.shape[0] == 1 else {
-            throw PromptFeatureError(message: "the encoder returned \(probe.shape), expected [1, L, D]")
-        }
-        length = probe.shape[1]
-        width = probe.shape[2]
-        let stride = length * width
-        values = TensorStorage(uninitializedCount: distinct.count * stride)
-        var start = 0
-        while start < distinct.count {
-            let chunk = Array(distinct[start ..< min(start + max(batchSize, 1), distinct.count)])
-            let features = try encode(chunk).contiguous()
-            guard features.shape == [chunk.count, length, width] else {
-                throw PromptFeatureError(message: "the encoder returned \(features.shape) for \(chunk.count) prompts, expected [\(chunk.count), \(length), \(width)]")
-            }
-            (values.pointer + start * stride).update(from: features.storage.pointer + features.offset, count: chunk.count * stride)
-            start += chunk.count
-            progress?(start, distinct.count)
-        }
-        self.prompts = distinct
-        rows = Dictionary(uniqueKeysWithValues: distinct.enumerated().map { ($1, $0) })
-    }
-
-    /// A table of features computed elsewhere (a pipeline of ranks, say): `values` [N, L, D] are
-    /// the features of `prompts`, which must be distinct and in that order.
+    /// A table of computed features (by one process, or shared out over the ranks of a job):
+    /// `values` [N, L, D] are the features of `prompts`, which must be distinct and in that order.
     /// - Throws: `PromptFeatureError` when the counts or shapes disagree or a prompt repeats.
     public init(prompts: [String], values: Tensor) throws {
         guard values.rank == 3, values.shape[0] == prompts.count, prompts.count > 0 else {
