@@ -38,7 +38,7 @@ final class TrainProcessTests: XCTestCase {
 
     /// A config for the tiny model; `extra` lines are appended (YAML).
     func writeConfig(_ name: String, output: String, dp: Int = 1, steps: Int = 4, batch: Int = 4, every: Int = 2,
-                     seed: Int = 0, extra: String = "", base: String = "") throws -> String {
+                     sampleEvery: Int? = nil, seed: Int = 0, extra: String = "", base: String = "") throws -> String {
         let text = """
         task: base
         seed: \(seed)
@@ -46,7 +46,7 @@ final class TrainProcessTests: XCTestCase {
         data: {path: \(path("data"))}
         diffusion: {prediction_type: v_prediction, snr_gamma: 5}
         optim: {learning_rate: 1.0e-3, warmup_steps: 1, steps: \(steps), batch_size: \(batch), ema_decay: 0.9}
-        checkpoint: {every: \(every)}
+        checkpoint: {every: \(every)\(sampleEvery.map { ", sample_every: \($0)" } ?? "")}
         topology: {dp: \(dp), pp: 1}
         base: {unet: \(path("unet.json")), text_encoder: \(Self.textEncoder.path), max_length: 12\(base)}
         \(extra)
@@ -120,10 +120,10 @@ final class TrainProcessTests: XCTestCase {
 
     func testDataParallelMatchesOneProcess() throws {
         let mpirun = try Self.mpirun()
-        let single = try writeConfig("single.yaml", output: "single", steps: 3, every: 3)
+        let single = try writeConfig("single.yaml", output: "single", steps: 3, every: 3, sampleEvery: 3)
         let one = try run(Self.executable("train"), ["--config", single])
         XCTAssertEqual(one.status, 0, one.output)
-        let double = try writeConfig("double.yaml", output: "double", dp: 2, steps: 3, every: 3)
+        let double = try writeConfig("double.yaml", output: "double", dp: 2, steps: 3, every: 3, sampleEvery: 3)
         let two = try run(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", double], timeout: 300)
         XCTAssertEqual(two.status, 0, two.output)
         XCTAssertTrue(FileManager.default.fileExists(atPath: path("double/logs/rank-1.log")), "rank 1 keeps its own log")
@@ -142,6 +142,11 @@ final class TrainProcessTests: XCTestCase {
             for (x, y) in zip(tensor.scalars, q.parameters[name]!.scalars) { worst = max(worst, abs(x - y)) }
         }
         XCTAssertLessThan(worst, 1e-4, "largest parameter difference after 3 steps")
+        // The two ranks drew 16 of the 32 evaluation samples each, with the same seeds.
+        let grids = try ["single", "double"].map { try PNGImage(contentsOf: URL(fileURLWithPath: path($0 + "/samples.png"))) }
+        XCTAssertEqual(grids[0].pixels.count, grids[1].pixels.count)
+        XCTAssertLessThanOrEqual(zip(grids[0].pixels, grids[1].pixels).map { abs(Int($0) - Int($1)) }.max() ?? 0, 2,
+                                 "dp = 2 drew other samples than one process")
 
         // Sura's ring in place of MPI's allreduce: the same training, summed in its own order.
         let ringConfig = try writeConfig("ring.yaml", output: "ring", dp: 2, steps: 3, every: 3)
