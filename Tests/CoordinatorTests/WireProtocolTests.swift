@@ -50,6 +50,30 @@ final class WireProtocolTests: XCTestCase {
         XCTAssertTrue(encoded.contains(#""guidance_scale":4"#), encoded)
     }
 
+    /// RESULT headers are written without JSONEncoder: every field reads back exactly, through
+    /// escapes, control characters, non-ASCII text and extreme numbers.
+    func testResultHeadersWrittenDirectlyReadBackExactly() throws {
+        let strings = ["a", "", "quote \" and backslash \\", "tab\tnew\nline\r", "bell \u{07} nul \u{00} us \u{1f}",
+                       "ünïcödé 😀 漢字", "slash / and </script>"]
+        let numbers: [Double] = [0, 4, 0.1, 1e-5, 123456.789, 1.5e300, -2.5, Double.leastNonzeroMagnitude]
+        for (k, text) in strings.enumerated() {
+            let header = ResultHeader(id: text, width: 32 + k, height: -k, seed: k == 0 ? UInt64.max : UInt64(k),
+                                      queueMs: numbers[k % numbers.count], execMs: numbers[(k + 3) % numbers.count],
+                                      totalMs: numbers[(k + 5) % numbers.count], batchSize: k, worker: strings[(k + 1) % strings.count],
+                                      attempts: Int.max - k)
+            let data = WireProtocol.encode(header)
+            XCTAssertEqual(try WireProtocol.decode(ResultHeader.self, from: data, what: "RESULT header"), header, String(decoding: data, as: UTF8.self))
+            // Any JSON reader agrees, and the keys are those of the Codable form.
+            let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            let codable = try XCTUnwrap(try JSONSerialization.jsonObject(with: JSONEncoder().encode(header)) as? [String: Any])
+            XCTAssertEqual(object.keys.sorted(), codable.keys.sorted())
+            XCTAssertEqual(object["id"] as? String, text)
+        }
+        // A number without a JSON form falls back to the encoder's own handling rather than writing nan.
+        let odd = ResultHeader(id: "x", width: 1, height: 1, seed: 1, queueMs: .nan, execMs: 0, totalMs: 0, batchSize: 1, worker: "w", attempts: 1)
+        XCTAssertFalse(String(decoding: WireProtocol.encode(odd), as: UTF8.self).contains("nan"))
+    }
+
     func testRequestPolicyFillsDefaults() throws {
         let (request, priority, timeout) = try RequestPolicy().admit(SubmitBody(id: "a", prompt: "two red bags"))
         XCTAssertEqual(request.width, 32)

@@ -390,9 +390,7 @@ public final class SchedulerCore {
                                queueCapacity: queue.capacity, inFlight: inFlightCount,
                                maxBatch: configuration.batching.maxBatchSize, workers: workers, completed: Int(latency.count),
                                meanLatencyMs: latency.mean * 1000, meanBatchSize: batches.mean,
-                               rejected: Int(SchedulerMetrics.outcomeNames.dropFirst().compactMap {
-                                   metrics.registry.value("sura_requests_total", labels: ["outcome": $0])
-                               }.reduce(0, +)),
+                               rejected: metrics.rejected,
                                autoscaler: nil)
     }
 }

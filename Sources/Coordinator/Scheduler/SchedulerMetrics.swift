@@ -59,4 +59,10 @@ public struct SchedulerMetrics: @unchecked Sendable {
 
     /// Counts one answered request.
     public func count(outcome: String) { outcomes[outcome]?.increment() }
+
+    /// Requests answered with an error so far (every outcome but `ok`), read from the counters
+    /// themselves: the scheduler's loop publishes its status every 10 ms.
+    public var rejected: Int {
+        Int(outcomes.reduce(0) { $0 + ($1.key == "ok" ? 0 : $1.value.value) })
+    }
 }

@@ -71,9 +71,17 @@ public enum WireProtocol {
 
     /// UTF-8 JSON for a payload frame.
     public static func encode<T: Encodable>(_ value: T) -> Data {
+        encodeCodable(value)
+    }
+
+    /// `JSONEncoder`'s form, sorted keys; the fallback of the directly written messages.
+    static func encodeCodable<T: Encodable>(_ value: T) -> Data {
         // Encoding our own plain structs cannot fail; an empty object keeps the peer's parser honest.
         (try? encoder.encode(value)) ?? Data("{}".utf8)
     }
+
+    /// A `RESULT` header, one per answered request: written directly (`JSONObjectWriter`).
+    public static func encode(_ header: ResultHeader) -> Data { header.json }
 
     /// Decodes a JSON payload frame; `what` names the message in errors ("SUBMIT body").
     public static func decode<T: Decodable>(_ type: T.Type, from frame: Data, what: String) throws -> T {
