@@ -174,7 +174,7 @@ struct ServeCommand: ParsableCommand {
     var adapter: String?
     @Option(help: "Pipeline executor: the LLM for --adapter (default: the path the checkpoint names).")
     var llm: String?
-    @Option(help: "Compute threads of each local worker (default: SURA_THREADS or all cores).")
+    @Option(help: "Compute threads of each local worker (default: SURA_THREADS, else the cores it may run on).")
     var workerThreads: Int?
     @Option(help: "Null executor: milliseconds per batch (local workers).")
     var nullDelayMs = 0.0

@@ -16,7 +16,7 @@ struct SuraCommand: ParsableCommand {
 
 /// Options every compute command shares.
 struct ComputeOptions: ParsableArguments {
-    @Option(name: .long, help: "Threads for BLAS and Sura's parallel loops (default: SURA_THREADS or all cores).")
+    @Option(name: .long, help: "Threads for BLAS and Sura's parallel loops (default: SURA_THREADS, else the cores this process may run on).")
     var threads: Int?
 
     /// Applies the thread setting before any work starts.

@@ -36,7 +36,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("stall-timeout"), help: "Seconds a collective may wait for a rank before the job stops naming it.")
     var stallTimeout: Double?
 
-    @Option(help: "Threads per rank for BLAS and Sura's loops (default: SURA_THREADS or all cores).")
+    @Option(help: "Threads per rank for BLAS and Sura's loops (default: SURA_THREADS, else the cores of the rank's CPU affinity: one per rank under mpirun's default binding).")
     var threads: Int?
 
     func run() throws {
