@@ -43,7 +43,6 @@ public final class AdapterTask: TrainingTask {
     let lossFunction: DiffusionLoss
     let schedulerConfig: SchedulerConfig
     public let evaluationRecords: [DatasetRecord]
-    private let scoring: SampleScoring
 
     /// Loads the base model and the LLM, builds the adapter (random init from `seed`) and
     /// encodes every prompt of the dataset once.
@@ -213,7 +212,6 @@ public final class AdapterTask: TrainingTask {
         lossFunction = DiffusionLoss(schedule: try NoiseSchedule(config: schedulerConfig), predictionType: schedulerConfig.predictionType,
                                      snrGamma: diffusion.snrGamma, noiseOffset: diffusion.noiseOffset)
         evaluationRecords = Array(dataset.records.prefix(32))
-        scoring = SampleScoring.load()
     }
 
     /// Prompts per LLM forward pass (the same chunks with and without a pipeline, so the
@@ -363,10 +361,6 @@ public final class AdapterTask: TrainingTask {
         let prompts = range.map { ImagePrompt(prompt(evaluationRecords[$0]), seed: UInt64($0)) }
         return try pipeline.generate(prompts, options: TextToImageOptions(steps: 25, guidanceScale: 4, height: dataset.height,
                                                                           width: dataset.width)).images
-    }
-
-    public func scoreSamples(_ images: Tensor) throws -> [String: Double] {
-        try scoring.score(images: images, records: evaluationRecords)
     }
 
     /// The adapter as inference uses it (the same encoders, the same voken rows).

@@ -16,7 +16,6 @@ public final class BaseModelTask: TrainingTask {
     public let schedulerConfig: SchedulerConfig
     public let section: TrainingConfig.BaseSection
     public let evaluationRecords: [DatasetRecord]
-    private let scoring: SampleScoring
 
     public var module: Module { unet }
 
@@ -63,7 +62,6 @@ public final class BaseModelTask: TrainingTask {
                                      snrGamma: config.diffusion.snrGamma, noiseOffset: config.diffusion.noiseOffset)
         // Fixed evaluation scenes: the first 32 records (seeded, so the same every run).
         evaluationRecords = Array(dataset.records.prefix(32))
-        scoring = SampleScoring.load()
     }
 
     public func loss(indices: [Int], generators: inout [SeededGenerator]) throws -> (total: Tensor, parts: [String: Double]) {
@@ -87,10 +85,6 @@ public final class BaseModelTask: TrainingTask {
         return try pipeline.generate(conditioning: conditioning, negativeConditioning: emptyFeatures, seeds: range.map { UInt64($0) },
                                      options: TextToImageOptions(steps: 25, guidanceScale: 4, height: dataset.height,
                                                                  width: dataset.width)).images
-    }
-
-    public func scoreSamples(_ images: Tensor) throws -> [String: Double] {
-        try scoring.score(images: images, records: evaluationRecords)
     }
 
     /// Writes a model folder `sura generate` loads: unet/, scheduler/ and sura.json naming the

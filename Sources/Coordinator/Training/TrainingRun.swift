@@ -56,6 +56,8 @@ public final class TrainingRun {
     public let communicator: Communicator
     public let outputs: TrainingOutputs
     private let agreement: RankAgreement
+    /// The semantic checker that scores the samples, loaded by rank 0 when it first scores.
+    private lazy var scoring = SampleScoring.load()
 
     public init(config: TrainingConfig, options: TrainingOptions, communicator: Communicator) throws {
         self.config = config
@@ -351,8 +353,8 @@ public final class TrainingRun {
             guard communicator.rank == 0 else { return }
             let images = Tensor(shape: [records, 3, height, width], data: all)
             let pngs = try (0..<records).map { try PNGImage(tensor: images.sliced(axis: 0, $0, $0 + 1)) }
-            try outputs.writeSamples(TrainingSamples(grid: try PNGImage.grid(pngs, columns: 8), scores: try task.scoreSamples(images)),
-                                     step: step)
+            let scores = try scoring.score(images: images, records: task.evaluationRecords)
+            try outputs.writeSamples(TrainingSamples(grid: try PNGImage.grid(pngs, columns: 8), scores: scores), step: step)
         }
     }
 }

@@ -21,9 +21,6 @@ public protocol TrainingTask: AnyObject {
     /// Images of `evaluationRecords[range]` with the current weights: [range.count, 3, H, W] in
     /// [0, 1]. Record k draws its noise from seed k, so the ranks can each draw a share.
     func sampleImages(step: Int, range: Range<Int>) throws -> Tensor
-    /// The semantic checker's scores of all evaluation images [N, 3, H, W]; empty when it
-    /// cannot score them.
-    func scoreSamples(_ images: Tensor) throws -> [String: Double]
     /// Writes the trained result where users load it from (e.g. a model folder).
     func export(to path: String) throws -> [String]
 }
