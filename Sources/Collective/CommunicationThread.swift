@@ -198,19 +198,32 @@ final class BlockedWaiters: @unchecked Sendable {
     }
 }
 
-/// Waiting between polls of an MPI request: yield the core for the first couple of milliseconds
-/// (latency matters for small messages), then sleep with growing pauses up to half a millisecond
-/// so a communication thread does not steal a core from backward on a small machine. While a
-/// thread of this process is blocked waiting for a background job (a pipeline stage for its next
-/// input, training for the last gradient bucket) the core has nothing else to run, so the
-/// yielding goes on for up to 100 ms: a sleeping poll would add up to its pause to every such wait.
+/// Waiting between polls of an MPI request. A thread that waits for the request itself yields
+/// the core for the first couple of milliseconds (latency matters for small messages), then sleeps
+/// with growing pauses up to half a millisecond so it does not steal a core on a small machine.
+///
+/// A background job (`beside`: the communication thread, say a gradient bucket's allreduce while
+/// backward runs) sleeps from the first poll while no thread of this process waits for it. Under
+/// mpirun's default binding it shares one core with compute, and `sched_yield` hands that core
+/// to compute for a whole scheduler slice, so each yielded poll of a multi-message ring cost a few
+/// milliseconds: a 42 MB gradient took 70–75 ms per step instead of 36–40 ms with sleeping polls
+/// (probe MLP, 2 ranks, bench/RESULTS.md 2026-12-07). A woken sleeper preempts compute at once.
+/// While a thread is blocked waiting for a background job (a pipeline stage for its next input,
+/// training for the last gradient bucket) the core has nothing else to run, so every poller
+/// yields for up to 100 ms: a sleeping poll would add up to its pause to every such wait.
 struct PollingBackoff {
     private let start = DispatchTime.now().uptimeNanoseconds
+    private let beside: Bool
     private var sleepMicros: UInt32 = 20
+
+    init(beside compute: Bool = false) {
+        beside = compute
+    }
 
     mutating func pause() {
         let elapsed = DispatchTime.now().uptimeNanoseconds - start
-        if elapsed < 2_000_000 || (elapsed < 100_000_000 && BlockedWaiters.shared.anyone) {
+        let waitedFor = BlockedWaiters.shared.anyone
+        if (!beside && elapsed < 2_000_000) || (elapsed < 100_000_000 && waitedFor) {
             sched_yield()
             return
         }

@@ -19,6 +19,9 @@ public final class MPICommunicator: Communicator {
     private let worldRanks: [Int]
     private let thread: CommunicationThread
     private var backgroundChannel: MPICommunicator?
+    /// True for the duplicate that background jobs run over: its polls run on the communication
+    /// thread, beside compute, rather than on a thread that is itself waiting.
+    private var isBackgroundChannel = false
 
     /// `MPI_COMM_WORLD`, initialising MPI if needed.
     public static func world() throws -> MPICommunicator {
@@ -195,7 +198,7 @@ public final class MPICommunicator: Communicator {
         var incoming = PendingReceive(into: UnsafeMutableRawPointer(buffer.baseAddress), floats: buffer.count,
                                       from: peer, tag: tag)
         let deadline = Deadline(seconds: timeout)
-        var backoff = PollingBackoff()
+        var backoff = PollingBackoff(beside: isBackgroundChannel)
         while try !incoming.advance(on: self, operation: operation) {
             if deadline.hasPassed { try giveUp(on: &incoming, operation: operation, deadline: deadline) }
             backoff.pause()
@@ -207,7 +210,7 @@ public final class MPICommunicator: Communicator {
         try ArgumentCheck.peer(peer, size: size, operation: operation)
         try ArgumentCheck.tag(tag, operation: operation)
         let deadline = Deadline(seconds: timeout)
-        var backoff = PollingBackoff()
+        var backoff = PollingBackoff(beside: isBackgroundChannel)
         var message: MPI_Message?
         var status = MPI_Status()
         while true {
@@ -255,7 +258,7 @@ public final class MPICommunicator: Communicator {
                                       floats: receiveBuffer.count, from: source, tag: tag)
         var received = receiveBuffer.isEmpty
         let deadline = Deadline(seconds: timeout)
-        var backoff = PollingBackoff()
+        var backoff = PollingBackoff(beside: isBackgroundChannel)
         while true {
             if !received { received = try incoming.advance(on: self, operation: operation) }
             if sending != nil { try test(&sending, operation: operation) }
@@ -291,6 +294,7 @@ public final class MPICommunicator: Communicator {
         try MPIRuntime.check(MPIRuntime.call { MPI_Comm_idup(handle, &duplicate, &request) }, "MPI_Comm_idup")
         try complete(request, operation: "creating the background channel")
         let created = try MPICommunicator(handle: duplicate!, channel: channel)
+        created.isBackgroundChannel = true
         backgroundChannel = created
         return created
     }
@@ -376,7 +380,7 @@ public final class MPICommunicator: Communicator {
     private func complete(_ request: MPI_Request?, operation: String, peers: [Int] = []) throws {
         var request = request
         let deadline = Deadline(seconds: timeout)
-        var backoff = PollingBackoff()
+        var backoff = PollingBackoff(beside: isBackgroundChannel)
         while true {
             try test(&request, operation: operation)
             if request == nil { return }

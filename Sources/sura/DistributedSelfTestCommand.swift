@@ -89,7 +89,7 @@ struct TrainingBench: ParsableCommand {
     var batchPerRank: Int = 64
 
     @Option(help: "Gradient allreduce: native (MPI_Iallreduce) or ring.")
-    var algorithm: String = "native"
+    var algorithm: String = "ring"
 
     @Option(name: .customLong("bucket-mb"), help: "Gradient bucket cap in MB (the first bucket is capped at 1 MB).")
     var bucketMB: Double = 25
@@ -104,6 +104,9 @@ struct TrainingBench: ParsableCommand {
                                valueName: "yaml"))
     var config: String?
 
+    @Option(name: .customLong("pipeline-steps"), help: "Measured steps per pipeline schedule and micro-batch count (the median step is reported).")
+    var pipelineSteps: Int = 15
+
     @Option(name: .customLong("warmup-steps"), help: "With --config: steps run before the measured ones.")
     var warmupSteps: Int = 5
 
@@ -112,6 +115,7 @@ struct TrainingBench: ParsableCommand {
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1, got \(rounds)") }
         guard bucketMB >= 1 else { throw ValidationError("--bucket-mb must be at least 1, got \(bucketMB)") }
         guard batchPerRank >= 1 else { throw ValidationError("--batch-per-rank must be at least 1") }
+        guard pipelineSteps >= 1 else { throw ValidationError("--pipeline-steps must be at least 1, got \(pipelineSteps)") }
         guard warmupSteps >= 0 else { throw ValidationError("--warmup-steps must be at least 0, got \(warmupSteps)") }
         guard AllreduceAlgorithm(rawValue: algorithm) != nil else {
             throw ValidationError("--algorithm must be one of "
@@ -128,7 +132,7 @@ struct TrainingBench: ParsableCommand {
                 options.rounds = rounds
                 return ConfigScalingBenchmark.format(try ConfigScalingBenchmark.run(world: world, options: options))
             }
-            let options = TrainingBenchmark.Options(batchPerRank: batchPerRank, steps: steps ?? 6,
+            let options = TrainingBenchmark.Options(batchPerRank: batchPerRank, steps: steps ?? 6, pipelineSteps: pipelineSteps,
                                                     algorithm: AllreduceAlgorithm(rawValue: algorithm)!,
                                                     bucketCapBytes: Int(bucketMB * 1_048_576), rounds: rounds,
                                                     timeline: timeline.map { URL(fileURLWithPath: $0) })

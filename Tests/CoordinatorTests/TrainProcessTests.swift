@@ -148,16 +148,16 @@ final class TrainProcessTests: XCTestCase {
         XCTAssertLessThanOrEqual(zip(grids[0].pixels, grids[1].pixels).map { abs(Int($0) - Int($1)) }.max() ?? 0, 2,
                                  "dp = 2 drew other samples than one process")
 
-        // Sura's ring in place of MPI's allreduce: the same training, summed in its own order.
-        let ringConfig = try writeConfig("ring.yaml", output: "ring", dp: 2, steps: 3, every: 3)
-        try String(contentsOfFile: ringConfig, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 1, allreduce: ring, bucket_mb: 1}")
-            .write(toFile: ringConfig, atomically: true, encoding: .utf8)
-        let ring = try run(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", ringConfig], timeout: 300)
-        XCTAssertEqual(ring.status, 0, ring.output)
-        XCTAssertTrue(ring.output.contains("(cap 1.0 MB) by the ring allreduce"), ring.output)
-        XCTAssertTrue(two.output.contains("by the native allreduce"), two.output)
-        let c = try losses("ring")
-        for step in 1...3 { XCTAssertEqual(c[step]!, b[step]!, accuracy: 1e-4 * abs(b[step]!), "ring, step \(step)") }
+        // MPI's allreduce in place of Sura's ring (the default): the same training, summed in MPI's order.
+        let nativeConfig = try writeConfig("native.yaml", output: "native", dp: 2, steps: 3, every: 3)
+        try String(contentsOfFile: nativeConfig, encoding: .utf8).replacingOccurrences(of: "pp: 1}", with: "pp: 1, allreduce: native, bucket_mb: 1}")
+            .write(toFile: nativeConfig, atomically: true, encoding: .utf8)
+        let native = try run(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", nativeConfig], timeout: 300)
+        XCTAssertEqual(native.status, 0, native.output)
+        XCTAssertTrue(native.output.contains("(cap 1.0 MB) by the native allreduce"), native.output)
+        XCTAssertTrue(two.output.contains("by the ring allreduce"), two.output)
+        let c = try losses("native")
+        for step in 1...3 { XCTAssertEqual(c[step]!, b[step]!, accuracy: 1e-4 * abs(b[step]!), "native, step \(step)") }
     }
 
     func testKillDuringCheckpointWritesNeverBreakTheLatestCheckpoint() throws {

@@ -42,7 +42,7 @@ final class TrainingSelfTestTests: SingleThreadedTestCase {
         defer { for url in [trace, pipelineTrace] { try? FileManager.default.removeItem(at: url) } }
         XCTAssertEqual(pipelineTrace.lastPathComponent, trace.deletingPathExtension().lastPathComponent + ".pipeline.json")
         let options = TrainingBenchmark.Options(widths: [64, 128, 64], batchPerRank: 16, warmupSteps: 1, steps: 2,
-                                                pipelineMicroBatches: [2, 4], pipelineWidths: [32, 32, 32, 32],
+                                                pipelineMicroBatches: [2, 4], pipelineSteps: 3, pipelineWidths: [32, 32, 32, 32],
                                                 pipelineBatch: 8, rounds: 3, timeline: trace)
         let report = try TrainingBenchmark.run(world: InProcessCommunicator.singleProcess(), options: options)
         XCTAssertEqual(report.ranks, 2)

@@ -78,7 +78,7 @@ public struct TrainingConfig: Sendable {
         /// The micro-batch order through the stages when the LLM trains (LoRA) with pp > 1.
         public var schedule = PipelineSchedule.Kind.oneForwardOneBackward
         /// How gradient buckets are averaged over the dp replicas (`topology.allreduce`).
-        public var allreduce = AllreduceAlgorithm.native
+        public var allreduce = AllreduceAlgorithm.ring
         /// Gradient bucket cap in MB (`topology.bucket_mb`); the first bucket is capped at 1 MB.
         public var bucketMB = 25.0
         /// How the LLM's decoder layers are cut into the pp stages (`topology.partition`).

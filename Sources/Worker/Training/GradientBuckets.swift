@@ -20,7 +20,7 @@ public struct GradientBucketOptions: Sendable, Equatable {
     public var firstCapBytes: Int
     public var algorithm: AllreduceAlgorithm
 
-    public init(capBytes: Int = 25 << 20, firstCapBytes: Int = 1 << 20, algorithm: AllreduceAlgorithm = .native) {
+    public init(capBytes: Int = 25 << 20, firstCapBytes: Int = 1 << 20, algorithm: AllreduceAlgorithm = .ring) {
         self.capBytes = capBytes
         self.firstCapBytes = firstCapBytes
         self.algorithm = algorithm

@@ -19,6 +19,9 @@ public enum TrainingBenchmark {
         public var steps: Int
         /// Micro-batch counts for the pipeline measurement.
         public var pipelineMicroBatches: [Int]
+        /// Measured steps per pipeline schedule and micro-batch count (after `warmupSteps`); the
+        /// median step is reported.
+        public var pipelineSteps: Int
         /// Widths of the pipeline model (equal blocks, so stages cost the same).
         public var pipelineWidths: [Int]
         public var pipelineBatch: Int
@@ -34,15 +37,16 @@ public enum TrainingBenchmark {
         public var timeline: URL?
 
         public init(widths: [Int] = [512, 2048, 2048, 2048, 512], batchPerRank: Int = 64, warmupSteps: Int = 2,
-                    steps: Int = 6, pipelineMicroBatches: [Int] = [2, 4, 8],
+                    steps: Int = 6, pipelineMicroBatches: [Int] = [2, 4, 8], pipelineSteps: Int = 15,
                     pipelineWidths: [Int] = [1024, 1024, 1024, 1024, 1024], pipelineBatch: Int = 256,
-                    algorithm: AllreduceAlgorithm = .native, bucketCapBytes: Int = GradientBucketOptions().capBytes,
+                    algorithm: AllreduceAlgorithm = .ring, bucketCapBytes: Int = GradientBucketOptions().capBytes,
                     rounds: Int = 3, timeline: URL? = nil) {
             self.widths = widths
             self.batchPerRank = batchPerRank
             self.warmupSteps = warmupSteps
             self.steps = steps
             self.pipelineMicroBatches = pipelineMicroBatches
+            self.pipelineSteps = max(1, pipelineSteps)
             self.pipelineWidths = pipelineWidths
             self.pipelineBatch = pipelineBatch
             self.algorithm = algorithm
@@ -57,11 +61,13 @@ public enum TrainingBenchmark {
         public let kind: PipelineSchedule.Kind
         public let stages: Int
         public let microBatches: Int
-        /// 1 − compute/makespan (the slowest stage's step time), averaged over stages and steps.
+        /// 1 − compute/makespan (the slowest stage's step time), averaged over stages; the median
+        /// over the measured steps, so one step that the machine disturbed does not decide it.
         public let measuredIdle: Double
         /// The same schedule replayed with each step's measured forward and backward times and
-        /// instant messages, averaged likewise: the bubble of these stage times, unequal ones
-        /// included. measured − replayed is what sending and waiting for messages cost.
+        /// instant messages, averaged over stages, median over steps: the bubble of these stage
+        /// times, unequal ones included. measured − replayed is what sending and waiting for
+        /// messages cost.
         public let replayedIdle: Double
         /// (p−1)/(m+p−1), for equal stages.
         public let theoreticalIdle: Double
@@ -97,6 +103,8 @@ public enum TrainingBenchmark {
         }
         public let buckets: Int
         public let pipeline: [PipelineRow]
+        /// Measured steps behind each pipeline row.
+        public let pipelineSteps: Int
     }
 
     /// Runs every measurement; all ranks of `world` call it together. Sets `Threads.count` to 1.
@@ -168,7 +176,7 @@ public enum TrainingBenchmark {
                       unsynchronizedRounds: unsynchronized,
                       communicationSecondsPerStep: median.communicationPerStep,
                       hiddenCommunicationSecondsPerStep: median.hiddenPerStep,
-                      buckets: median.buckets, pipeline: pipeline)
+                      buckets: median.buckets, pipeline: pipeline, pipelineSteps: options.pipelineSteps)
     }
 
     struct Measurement {
@@ -220,7 +228,7 @@ public enum TrainingBenchmark {
 
     /// The pipeline bubble: `communicator.size` stages of equal cost, each schedule, each
     /// micro-batch count; idle = 1 − compute/makespan per stage (stages start together after a
-    /// barrier; the makespan is the slowest stage's step), averaged over stages and steps.
+    /// barrier; the makespan is the slowest stage's step), averaged over stages, median over steps.
     /// With `options.timeline` it also returns this rank's spans of the last measured step of each
     /// schedule at the largest micro-batch count (clocks aligned at one barrier on entry).
     static func measurePipeline(on communicator: Communicator, options: Options) throws -> ([PipelineRow], Timeline?) {
@@ -250,17 +258,18 @@ public enum TrainingBenchmark {
                     return rows
                 }
                 let y = (0 ..< m).map { ProbeModel.rows(data.y, ($0 * size) ..< (($0 + 1) * size)) }
-                var idle = 0.0, replayed = 0.0
+                var idle: [Double] = [], replayed: [Double] = []
                 let schedule = try PipelineSchedule(kind: kind, stages: p, microBatches: m)
-                for step in 0 ..< options.warmupSteps + options.steps {
+                let steps = options.warmupSteps + options.pipelineSteps
+                for step in 0 ..< steps {
                     try communicator.barrier()
-                    stage.timeline = m == recordedM && step == options.warmupSteps + options.steps - 1 ? recorder : nil
+                    stage.timeline = m == recordedM && step == steps - 1 ? recorder : nil
                     let result = try stage.run(kind, microBatches: m, input: { x[$0] },
                                                loss: { out, k in Loss.mse(out, y[k]) * (1 / Float(m)) })
                     for (_, tensor) in parameters { tensor.grad = nil }
                     let makespan = try communicator.allreduce(result.seconds, op: .max)
                     guard step >= options.warmupSteps else { continue }
-                    idle += result.idleFraction(makespan: makespan)
+                    idle.append(try communicator.allreduce(result.idleFraction(makespan: makespan), op: .average))
                     // Every stage's durations on every rank: [stage][forward 0..<m, backward 0..<m].
                     var durations = [Double](repeating: 0, count: p * 2 * m)
                     for k in 0 ..< m {
@@ -275,11 +284,11 @@ public enum TrainingBenchmark {
                         default: return 0
                         }
                     }
-                    replayed += replay.idleFractions.reduce(0, +) / Double(p)
+                    replayed.append(replay.idleFractions.reduce(0, +) / Double(p))
                 }
-                let mean = try communicator.allreduce(idle / Double(options.steps), op: .average)
-                rows.append(PipelineRow(kind: kind, stages: p, microBatches: m, measuredIdle: mean,
-                                        replayedIdle: replayed / Double(options.steps),
+                rows.append(PipelineRow(kind: kind, stages: p, microBatches: m,
+                                        measuredIdle: CollectiveBenchmark.median(idle),
+                                        replayedIdle: CollectiveBenchmark.median(replayed),
                                         theoreticalIdle: PipelineSchedule.theoreticalIdleFraction(stages: p, microBatches: m)))
             }
         }
@@ -312,6 +321,7 @@ public enum TrainingBenchmark {
                             report.communicationSecondsPerStep * 1e3, report.hiddenCommunicationSecondsPerStep * 1e3,
                             report.hiddenCommunicationShare * 100))
         lines.append("")
+        lines.append("pipeline bubble: median step of \(report.pipelineSteps) (idle averaged over the stages)")
         lines.append("schedule  stages  micro-batches  measured idle  replayed idle  (p-1)/(m+p-1)")
         lines.append("--------  ------  -------------  -------------  -------------  -------------")
         for row in report.pipeline {
