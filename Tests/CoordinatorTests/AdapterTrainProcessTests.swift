@@ -186,8 +186,13 @@ final class AdapterTrainProcessTests: XCTestCase {
             let parted = try writeConfig(type, output: "parted-\(type)", steps: 4, adapterConfig: config)
             let first = try run("train", ["--config", parted, "--max-steps", "2"])
             XCTAssertEqual(first.status, 0, first.output)
+            XCTAssertTrue(first.output.contains("tables stored in "), first.output)
             let second = try run("train", ["--config", parted, "--resume"])
             XCTAssertEqual(second.status, 0, second.output)
+            // The resumed run reads the prompt tables from output_dir/feature-cache; the same
+            // losses show they are the tables the first run computed.
+            XCTAssertTrue(second.output.contains("LLM layer") && second.output.contains("distinct prompts loaded from "), second.output)
+            XCTAssertFalse(second.output.contains("tables stored in "), second.output)
             XCTAssertEqual(try losses("whole-\(type)"), try losses("parted-\(type)"), type)
         }
     }

@@ -71,6 +71,7 @@ final class TrainProcessTests: XCTestCase {
         let second = try run(Self.executable("train"), ["--config", interrupted, "--resume"])
         XCTAssertEqual(second.status, 0, second.output)
         XCTAssertTrue(second.output.contains("resumed at step 2"), second.output)
+        XCTAssertTrue(second.output.contains("text encoder: ") && second.output.contains("distinct prompts loaded from "), second.output)
         let a = try losses("straight"), b = try losses("interrupted")
         XCTAssertEqual(Set(a.keys), Set(1...4))
         XCTAssertEqual(Set(b.keys), Set(1...4), "a resumed run keeps one line per step")
@@ -293,6 +294,9 @@ final class TrainProcessTests: XCTestCase {
         XCTAssertEqual(rows.map { Int($0[0])! }, [1, 2], bench.output)
         for row in rows { XCTAssertGreaterThan(Double(row[1]) ?? 0, 0, bench.output) }
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("user")), "the config's output_dir stays untouched")
+        // The first run encodes the prompts into the scratch folder's feature cache, the later ones load them.
+        XCTAssertEqual(bench.output.components(separatedBy: "text encoder: tables stored in ").count, 2, bench.output)
+        XCTAssertEqual(bench.output.components(separatedBy: "distinct prompts loaded from ").count, 4, bench.output)
         XCTAssertEqual(try scratchFolders(), before, "the scratch runs are removed")
 
         let pipelined = try writeConfig("pipelined.yaml", output: "user", dp: 1)

@@ -10,7 +10,8 @@ import Worker
 /// b = `optim.batch_size` / `topology.dp`. A round trains the config on rank 0 alone (dp = 1,
 /// batch b, the other ranks waiting at a barrier), then on every rank of the world
 /// (dp = N, batch N·b). Each run starts afresh in a scratch `output_dir`, so the user's outputs
-/// are untouched; the LLM features and model set-up are outside the measurement, which covers
+/// are untouched (the runs share one feature cache there, unless the config names its own); the
+/// LLM features and model set-up are outside the measurement, which covers
 /// `steps` steps after `warmupSteps` from each step's own time (`step_s` in metrics.jsonl).
 public enum ConfigScalingBenchmark {
     public struct Options: Sendable {
@@ -94,6 +95,12 @@ public enum ConfigScalingBenchmark {
         var variant = config
         let directory = scratch.appendingPathComponent(name, isDirectory: true)
         variant.outputDir = directory.path
+        // The default cache lives in the user's output_dir, which stays untouched: the runs share
+        // one in the scratch folder instead, so only the first run encodes the prompts. A cache
+        // folder the config names is used as it is.
+        if config.featureCache == TrainingConfig.defaultFeatureCache(outputDir: config.outputDir) {
+            variant.featureCache = scratch.appendingPathComponent("feature-cache", isDirectory: true).path
+        }
         variant.topology.dp = dp
         variant.topology.pp = 1
         variant.optim.batchSize = batch

@@ -124,9 +124,14 @@ public final class AdapterTask: TrainingTask {
         let shown = records.map { section.promptField == "text" ? $0.text : $0.prompt }
         var textPrompts = shown + [""]
         if type == .surAdapter || type == .vokenMapper { textPrompts += records.map(\.prompt) }
-        let tables = PromptTableEncoder(agreement: agreement, chunk: Self.llmChunk)
+        let tables = PromptTableEncoder(agreement: agreement, chunk: Self.llmChunk,
+                                        cache: config.featureCache.map { FeatureTableCache(directory: URL(fileURLWithPath: $0)) })
+        // What decides each table besides its prompts, for the feature cache.
+        let build = FeatureTableCache.executableFingerprint
+        let llmIdentity = section.llm.map { FeatureTableCache.fingerprint(of: $0) + ["max_length \(section.llmMaxLength)"] + build } ?? []
         if needsText, let textEncoder {
-            text = try tables.table("text encoder", textPrompts, log: log) { try textEncoder.conditioning(for: $0) }
+            text = try tables.table("text encoder", textPrompts, identity: FeatureTableCache.fingerprint(of: section.baseModel) + build,
+                                    log: log) { try textEncoder.conditioning(for: $0) }
         } else {
             text = nil
         }
@@ -141,7 +146,7 @@ public final class AdapterTask: TrainingTask {
                 let head = VokenLanguageHead(initial: outputMean.expanded(to: [count, llm.width]).contiguous())
                 vokenHead = head
                 // One frozen pass per chunk gives the voken states [V, Dl] and LM example rows [P, Dl + 4] of each prompt.
-                let both = try tables.tables("LLM voken documents", shown, log: log) { prompts in
+                let both = try tables.tables("LLM voken documents", shown, identity: llmIdentity + ["vokens \(count)"], log: log) { prompts in
                     let pass = try LMExampleRows.encode(prompts, encoder: llm, vokens: rows)
                     return [pass.states, pass.rows]
                 }
@@ -150,7 +155,7 @@ public final class AdapterTask: TrainingTask {
             } else {
                 vokenHead = nil
                 lmTable = nil
-                vokenTable = try tables.table("LLM voken states", shown, log: log) { prompts in try withoutGrad { try llm.vokenStates(prompts, vokens: rows) } }
+                vokenTable = try tables.table("LLM voken states", shown, identity: llmIdentity + ["vokens \(count)"], log: log) { prompts in try withoutGrad { try llm.vokenStates(prompts, vokens: rows) } }
             }
             llmTable = nil
         } else if let llm, let lora = section.llmLoRA {
@@ -179,7 +184,7 @@ public final class AdapterTask: TrainingTask {
                                                           communicator: pipeline, chunk: Self.llmChunk, topology: config.topology,
                                                           file: config.file, log: log)
             } else {
-                llmTable = try tables.table("LLM layer \(llm.layer)", shown + [""], log: log) { prompts in
+                llmTable = try tables.table("LLM layer \(llm.layer)", shown + [""], identity: llmIdentity, log: log) { prompts in
                     let (hidden, mask) = try llm.encode(prompts)
                     return Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2)
                 }

@@ -53,8 +53,12 @@ public final class BaseModelTask: TrainingTask {
                                        message: "gives \(encoder.width)-wide tokens but the UNet's cross_attention_dim is \(width)")
         }
         let prompts = dataset.records.map(\.prompt)
-        features = try PromptTableEncoder(agreement: agreement, chunk: 64)
-            .table("text encoder", prompts + [""], log: log) { try encoder.conditioning(for: $0) }
+        features = try PromptTableEncoder(agreement: agreement, chunk: 64,
+                                          cache: config.featureCache.map { FeatureTableCache(directory: URL(fileURLWithPath: $0)) })
+            .table("text encoder", prompts + [""],
+                   identity: FeatureTableCache.fingerprint(of: section.textEncoder) + ["max_length \(section.maxLength)"]
+                       + FeatureTableCache.executableFingerprint,
+                   log: log) { try encoder.conditioning(for: $0) }
         emptyFeatures = try features.features([""])
         schedulerConfig = config.diffusion.scheduler
         lossFunction = DiffusionLoss(schedule: try NoiseSchedule(config: schedulerConfig),

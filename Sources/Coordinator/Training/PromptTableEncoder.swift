@@ -11,26 +11,71 @@ import Collective
 /// is broadcast from the rank that encoded it (`RankShares`). Every chunk meets the same kernels
 /// with the same shapes as in one process, so the tables are bitwise those of one process
 /// (`PromptFeatureTable.checksum`), whatever the number of ranks.
+///
+/// With a `cache` and an `identity`, tables are first looked up on disk; all ranks load them
+/// only when every rank found them (one agreed answer), otherwise all encode as above and rank 0
+/// stores the result.
 public struct PromptTableEncoder {
     /// The ranks sharing the work and the agreement that fails them together; nil: this process alone.
     public var agreement: RankAgreement?
     /// Prompts per encoder call.
     public var chunk: Int
+    /// Finished tables kept between runs; nil: always encode.
+    public var cache: FeatureTableCache?
 
-    public init(agreement: RankAgreement?, chunk: Int) {
+    public init(agreement: RankAgreement?, chunk: Int, cache: FeatureTableCache? = nil) {
         self.agreement = agreement
         self.chunk = max(1, chunk)
+        self.cache = cache
     }
 
     /// One table (run of chunks, broadcast) per tensor `encode` returns.
+    ///   - identity: what decides the features besides the prompts (encoder files, layer,
+    ///     length; see `FeatureTableCache`); nil: not cached.
     ///   - encode: [b] prompts → tables' features, each [b, L_t, D_t].
     /// - Throws: what `encode` throws (on every rank: `TrainingError.otherRank` on the others);
     ///   `TrainingError.data` when `prompts` is empty or the encoder's shapes change between chunks.
-    public func tables(_ label: String, _ prompts: [String], log: (String) -> Void,
-                encode: ([String]) throws -> [Tensor]) throws -> [PromptFeatureTable] {
+    public func tables(_ label: String, _ prompts: [String], identity: [String]? = nil, log: (String) -> Void,
+                       encode: ([String]) throws -> [Tensor]) throws -> [PromptFeatureTable] {
         let started = Date()
         let distinct = PromptFeatureTable.distinct(prompts)
         guard !distinct.isEmpty else { throw TrainingError.data("\(label): no prompts to encode") }
+        guard let cache, let identity else { return try encodeTables(label, distinct, started: started, log: log, encode: encode) }
+        let entry = cache.entry(label: label, identity: identity, prompts: distinct)
+        var loaded: [PromptFeatureTable]?
+        let everyRankHasThem = try agreeing("\(label): reading the feature cache") {
+            let (tables, miss) = entry.load()
+            if let miss { log("\(label): not using the cached tables, \(miss)") }
+            loaded = tables
+            return tables != nil
+        }
+        if everyRankHasThem, let loaded {
+            log(String(format: "%@: %d distinct prompts loaded from %@ in %.1f s", label, distinct.count, entry.url.path,
+                       Date().timeIntervalSince(started)))
+            return loaded
+        }
+        let tables = try encodeTables(label, distinct, started: started, log: log, encode: encode)
+        if (agreement?.communicator.rank ?? 0) == 0 {
+            // A cache that cannot be written costs the next run time, not this one its result.
+            do {
+                try entry.store(tables)
+                log("\(label): tables stored in \(entry.url.path)")
+            } catch {
+                log("\(label): warning: could not store the tables in \(entry.url.path): \(error)")
+            }
+        }
+        return tables
+    }
+
+    /// `body`'s answer agreed over the ranks (true only when true on every rank).
+    private func agreeing(_ what: String, _ body: () throws -> Bool) throws -> Bool {
+        guard let agreement else { return try body() }
+        return try agreement.everyRank(what, body)
+    }
+
+    /// The shared encoding of `distinct` (see the type's comment).
+    private func encodeTables(_ label: String, _ distinct: [String], started: Date, log: (String) -> Void,
+                              encode: ([String]) throws -> [Tensor]) throws -> [PromptFeatureTable] {
         let size = agreement?.communicator.size ?? 1, rank = agreement?.communicator.rank ?? 0
         let runs = RankShares.runs(count: distinct.count, ranks: size, unit: chunk)
         let mine = runs[rank]
@@ -91,8 +136,8 @@ public struct PromptTableEncoder {
     }
 
     /// The table of a single-output encoder ([b] prompts → [b, L, D]).
-    public func table(_ label: String, _ prompts: [String], log: (String) -> Void,
-               encode: ([String]) throws -> Tensor) throws -> PromptFeatureTable {
-        try tables(label, prompts, log: log) { [try encode($0)] }[0]
+    public func table(_ label: String, _ prompts: [String], identity: [String]? = nil, log: (String) -> Void,
+                      encode: ([String]) throws -> Tensor) throws -> PromptFeatureTable {
+        try tables(label, prompts, identity: identity, log: log) { [try encode($0)] }[0]
     }
 }

@@ -21,22 +21,39 @@ public final class RankAgreement {
     /// Runs `body` on this rank; throws its error, or `TrainingError.otherRank` naming the first
     /// rank where it failed (`what` says which step).
     public func callAsFunction<T>(_ what: String, _ body: () throws -> T) throws -> T {
-        var result: Result<T, Error>
+        try exchange(what) { (try body(), true) }.value
+    }
+
+    /// Runs `body` on this rank as a step (failures agreed as above) and tells whether it
+    /// answered true on every rank: for choices all ranks must make alike, such as whether every
+    /// rank found a cached table or all of them compute it.
+    public func everyRank(_ what: String, _ body: () throws -> Bool) throws -> Bool {
+        try exchange(what) { let answer = try body(); return ((), answer) }.everyone
+    }
+
+    /// The one exchange of a step: each rank writes its own slot, 1 for failed, 2 for answered
+    /// false, 0 for answered true, so a rank joining from an outer step that failed (which
+    /// writes 1 into the same `size` floats) reads as failed.
+    private func exchange<T>(_ what: String, _ body: () throws -> (T, Bool)) throws -> (value: T, everyone: Bool) {
+        var result: Result<(T, Bool), Error>
         do { result = .success(try body()) } catch { result = .failure(error) }
         if case .failure(let error) = result, failureAgreed { throw error }
         var flags = [Float](repeating: 0, count: communicator.size)
-        if case .failure = result { flags[communicator.rank] = 1 }
+        switch result {
+        case .failure: flags[communicator.rank] = 1
+        case .success(let (_, answer)): flags[communicator.rank] = answer ? 0 : 2
+        }
         try communicator.allreduce(&flags, op: .sum)
         switch result {
         case .failure(let error):
             failureAgreed = true
             throw error
-        case .success(let value):
-            if let failed = flags.firstIndex(where: { $0 > 0 }) {
+        case .success(let (value, _)):
+            if let failed = flags.firstIndex(where: { $0 == 1 }) {
                 failureAgreed = true
                 throw TrainingError.otherRank(rank: failed, message: "\(what) failed there (its log says why); stopping")
             }
-            return value
+            return (value, !flags.contains(2))
         }
     }
 }

@@ -10,6 +10,7 @@ import Yams
 /// task: base                 # base | sur_adapter | cross_adapter | voken_mapper | ella
 /// seed: 0
 /// output_dir: runs/base      # checkpoints/, metrics.jsonl, loss.png, samples.png, train.log
+/// feature_cache: runs/base/feature-cache   # the default; `none` encodes the prompts every run
 /// data: {path: data/scenes, split: train, limit: 0}
 /// diffusion: {num_train_timesteps: 1000, beta_schedule: linear, beta_start: 0.0001, beta_end: 0.02,
 ///             prediction_type: v_prediction, snr_gamma: 5, noise_offset: 0}
@@ -127,6 +128,9 @@ public struct TrainingConfig: Sendable {
     public var task: Task
     public var seed: UInt64 = 0
     public var outputDir: String
+    /// Where finished prompt feature tables are kept between runs (`feature_cache`, default
+    /// OUTPUT_DIR/feature-cache; `none`: always encode). See `FeatureTableCache`.
+    public var featureCache: String?
     public var data: DataSection
     public var diffusion: DiffusionSection
     public var optim = OptimSection()
@@ -134,6 +138,11 @@ public struct TrainingConfig: Sendable {
     public var topology = TopologySection()
     public var base: BaseSection?
     public var adapter: AdapterSection?
+
+    /// `feature_cache` when the config does not set it: OUTPUT_DIR/feature-cache.
+    public static func defaultFeatureCache(outputDir: String) -> String {
+        (outputDir as NSString).appendingPathComponent("feature-cache")
+    }
 
     /// Reads and validates `url`.
     /// - Throws: `JobSpecError` naming the file, line and dotted key.
@@ -150,7 +159,7 @@ public struct TrainingConfig: Sendable {
     public init(yaml: String, file: String) throws {
         let root = try JobYAMLReader.document(yaml, file: file)
         self.file = file
-        try root.rejectUnknownKeys(allowed: ["task", "seed", "output_dir", "data", "diffusion", "optim", "checkpoint", "topology", "base", "adapter"])
+        try root.rejectUnknownKeys(allowed: ["task", "seed", "output_dir", "feature_cache", "data", "diffusion", "optim", "checkpoint", "topology", "base", "adapter"])
         guard let task = try root.choice("task", Task.self) else {
             throw root.error("task", "is required; allowed values: \(Task.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -161,6 +170,9 @@ public struct TrainingConfig: Sendable {
         }
         guard let output = try root.string("output_dir") else { throw root.error("output_dir", "is required (where checkpoints and metrics go)") }
         outputDir = output
+        let cache = try root.string("feature_cache")
+        featureCache = cache == "none" ? nil : cache ?? Self.defaultFeatureCache(outputDir: output)
+        if featureCache?.isEmpty == true { throw root.error("feature_cache", "expected a folder, or none") }
 
         guard let dataNode = try root.mapping("data") else { throw root.error("data", "is required: {path: DATASET_FOLDER}") }
         try dataNode.rejectUnknownKeys(allowed: ["path", "split", "limit"])

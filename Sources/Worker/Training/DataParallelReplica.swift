@@ -252,11 +252,13 @@ public final class DataParallelReplica {
     }
 }
 
-/// 64-bit FNV-1a, for cheap agreement checks between ranks (not for security).
-struct FNV1a {
-    private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+/// 64-bit FNV-1a, for cheap agreement checks between ranks and cache keys (not for security).
+public struct FNV1a: Sendable {
+    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
 
-    mutating func add(_ word: UInt32) {
+    public init() {}
+
+    public mutating func add(_ word: UInt32) {
         var w = word
         for _ in 0 ..< 4 {
             value = (value ^ UInt64(w & 0xFF)) &* 0x0000_0100_0000_01B3
@@ -264,7 +266,9 @@ struct FNV1a {
         }
     }
 
-    mutating func add(_ text: String) {
+    /// The UTF-8 bytes of `text` and a 0xFF separator (which UTF-8 never contains), so
+    /// ["ab", "c"] and ["a", "bc"] hash differently.
+    public mutating func add(_ text: String) {
         for byte in text.utf8 { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
         value = (value ^ 0xFF) &* 0x0000_0100_0000_01B3    // separator
     }
