@@ -254,6 +254,19 @@ final class AdapterTrainProcessTests: XCTestCase {
         XCTAssertTrue(piped.output.contains("LLM pipeline: layers 1…15 | 16…30"), piped.output)
         let x = try losses("pp1"), y = try losses("pp2")
         for (step, loss) in x { XCTAssertEqual(loss, try XCTUnwrap(y[step]), accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }
+        // Both runs stored the same table under the same name in their feature caches, and a
+        // second pp = 2 run loads it instead of running the pipeline.
+        let stored = try FileManager.default.contentsOfDirectory(atPath: path("pp2/feature-cache")).filter { $0.hasPrefix("llm-layer-") }
+        XCTAssertEqual(stored.count, 1, "\(stored)")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path("pp1/feature-cache/" + stored[0]))),
+                       try Data(contentsOf: URL(fileURLWithPath: path("pp2/feature-cache/" + stored[0]))))
+        let again = try Self.launch(try TrainProcessTests.mpirun(),
+                                    TrainProcessTests.mpiFlags + ["-np", "2", try TrainProcessTests.executable("train"), "--config", two,
+                                                                  "--overwrite", "--max-steps", "1"])
+        XCTAssertEqual(again.status, 0, again.output)
+        XCTAssertTrue(again.output.contains("LLM layer 30: ") && again.output.contains("distinct prompts loaded from "), again.output)
+        XCTAssertFalse(again.output.contains("LLM pipeline: layers"), again.output)
+        XCTAssertEqual(checksum(again.output), b)
 
         let shallow = try writeConfig("cross_adapter", output: "pp-shallow", pp: 2)
         try String(contentsOfFile: shallow, encoding: .utf8).replacingOccurrences(of: "llm_layer: -1", with: "llm_layer: 1")

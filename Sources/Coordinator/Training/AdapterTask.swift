@@ -180,9 +180,12 @@ public final class AdapterTask: TrainingTask {
             if let pipeline, pipeline.size > 1 {
                 // Every rank must have loaded its models before the stages start exchanging activations.
                 try agreement?("loading the models") {}
-                llmTable = try PipelinedLLMFeatures.table(prompts: PromptFeatureTable.distinct(shown + [""]), encoder: llm,
-                                                          communicator: pipeline, chunk: Self.llmChunk, topology: config.topology,
-                                                          file: config.file, log: log)
+                // Bitwise the pp = 1 table, so both share one cache entry.
+                let distinct = PromptFeatureTable.distinct(shown + [""])
+                llmTable = try tables.cached("LLM layer \(llm.layer)", distinct, identity: llmIdentity, log: log) {
+                    [try PipelinedLLMFeatures.table(prompts: distinct, encoder: llm, communicator: pipeline, chunk: Self.llmChunk,
+                                                    topology: config.topology, file: config.file, log: log)]
+                }[0]
             } else {
                 llmTable = try tables.table("LLM layer \(llm.layer)", shown + [""], identity: llmIdentity, log: log) { prompts in
                     let (hidden, mask) = try llm.encode(prompts)

@@ -40,7 +40,18 @@ public struct PromptTableEncoder {
         let started = Date()
         let distinct = PromptFeatureTable.distinct(prompts)
         guard !distinct.isEmpty else { throw TrainingError.data("\(label): no prompts to encode") }
-        guard let cache, let identity else { return try encodeTables(label, distinct, started: started, log: log, encode: encode) }
+        return try cached(label, distinct, identity: identity, log: log) {
+            try encodeTables(label, distinct, started: started, log: log, encode: encode)
+        }
+    }
+
+    /// The tables of `distinct` (distinct prompts, in table order) from the cache when every rank
+    /// has them, else from `compute` (which all ranks run together), then stored by rank 0.
+    /// Without a cache or an identity: `compute()`.
+    public func cached(_ label: String, _ distinct: [String], identity: [String]?, log: (String) -> Void,
+                       compute: () throws -> [PromptFeatureTable]) throws -> [PromptFeatureTable] {
+        let started = Date()
+        guard let cache, let identity else { return try compute() }
         let entry = cache.entry(label: label, identity: identity, prompts: distinct)
         var loaded: [PromptFeatureTable]?
         let everyRankHasThem = try agreeing("\(label): reading the feature cache") {
@@ -54,7 +65,7 @@ public struct PromptTableEncoder {
                        Date().timeIntervalSince(started)))
             return loaded
         }
-        let tables = try encodeTables(label, distinct, started: started, log: log, encode: encode)
+        let tables = try compute()
         if (agreement?.communicator.rank ?? 0) == 0 {
             // A cache that cannot be written costs the next run time, not this one its result.
             do {
