@@ -51,9 +51,12 @@ final class GradientBucketTests: SingleThreadedTestCase {
         // 10 parameters of 100 floats (400 bytes each); first cap 400 B, then 1200 B.
         let layout = GradientBucketLayout(elementCounts: Array(repeating: 100, count: 10),
                                           options: GradientBucketOptions(capBytes: 1200, firstCapBytes: 400))
-        XCTAssertEqual(layout.buckets.map(\.parameters), [[9], [8, 7, 6], [5, 4, 3], [2, 1, 0]])
+        // The last bucket, whose allreduce backward cannot hide, is cut down to the first cap.
+        XCTAssertEqual(layout.buckets.map(\.parameters), [[9], [8, 7, 6], [5, 4, 3], [2, 1], [0]])
         XCTAssertEqual(layout.buckets[1].offsets, [0, 100, 200])
-        XCTAssertEqual(layout.buckets.map(\.elementCount), [100, 300, 300, 300])
+        XCTAssertEqual(layout.buckets[3].offsets, [0, 100])
+        XCTAssertEqual(layout.buckets[4].offsets, [0])
+        XCTAssertEqual(layout.buckets.map(\.elementCount), [100, 300, 300, 200, 100])
     }
 
     func testAParameterLargerThanTheCapGetsItsOwnBucket() {
@@ -72,11 +75,25 @@ final class GradientBucketTests: SingleThreadedTestCase {
 
     func testAParameterThatWouldOverflowAHalfFullBucketStartsTheNext() {
         // Two 16 MB layers under a 25 MB cap: each gets its own bucket, so the later one can
-        // launch while the earlier one is still in backward; small parameters ride along.
+        // launch while the earlier one is still in backward; each bias stays with its weight.
         let counts = [4 << 20, 2048, 4 << 20, 2048, 1 << 20, 512]
         let layout = GradientBucketLayout(elementCounts: counts)
-        XCTAssertEqual(layout.buckets.map(\.parameters), [[5, 4], [3, 2, 1], [0]])
+        XCTAssertEqual(layout.buckets.map(\.parameters), [[5, 4], [3, 2], [1, 0]])
         for bucket in layout.buckets { XCTAssertLessThanOrEqual(bucket.elementCount * 4, 25 << 20) }
+    }
+
+    func testTheLastBucketIsCutDownToTheFirstCapWithoutLeavingASliver() {
+        // The probe MLP's layers (weight, bias): 4 MB, 16 MB, 16 MB, 4 MB. The last bucket would
+        // hold the second layer's 16 MB and the first layer's 4 MB; the first layer goes alone.
+        let probe = [1 << 20, 2048, 4 << 20, 2048, 4 << 20, 2048, 1 << 20, 512]
+        let layout = GradientBucketLayout(elementCounts: probe)
+        XCTAssertEqual(layout.buckets.map(\.parameters), [[7, 6], [5, 4], [3, 2], [1, 0]])
+        XCTAssertEqual(layout.buckets.map(\.elementCount), [(1 << 20) + 512, (4 << 20) + 2048, (4 << 20) + 2048, (1 << 20) + 2048])
+        // A remainder under the first cap (512 kB before 4 MB) would be a sliver: the bucket stays whole.
+        let sliver = GradientBucketLayout(elementCounts: [1 << 20, 128 << 10, 8 << 20])
+        XCTAssertEqual(sliver.buckets.map(\.parameters), [[2], [1, 0]])
+        // One parameter larger than the first cap is left as it is.
+        XCTAssertEqual(GradientBucketLayout(elementCounts: [8 << 20, 8 << 20]).buckets.map(\.parameters), [[1], [0]])
     }
 
     // MARK: Order and overlap

@@ -35,6 +35,15 @@ public struct GradientBucketOptions: Sendable, Equatable {
 /// bucket of its own). PyTorch DDP always lets the crossing parameter join: with two 16 MB layers
 /// under a 25 MB cap that makes one 32 MB bucket that can only launch after the earlier layer's
 /// backward; here the later layer's bucket launches while the earlier one is still in backward.
+///
+/// A parameter smaller than 1/16 of the first cap stays with the one registered before it (a
+/// weight's bias), since one layer's backward produces both.
+///
+/// The last bucket is small too. It can only launch once backward has finished, so its whole
+/// allreduce is exposed; its last-produced parameters (the fewest that reach the first cap)
+/// become a bucket of their own, provided what stays behind holds at least the first cap as
+/// well. On the probe MLP (two 16 MB layers between two 4 MB ones) that turns a 21 MB tail into
+/// a 4 MB one, while the 16 MB layer before it reduces during the first layer's backward.
 public struct GradientBucketLayout: Equatable, Sendable {
     public struct Bucket: Equatable, Sendable {
         /// Indices into the parameter list, in the order they sit in the bucket.
@@ -50,23 +59,56 @@ public struct GradientBucketLayout: Equatable, Sendable {
     /// - Parameter elementCounts: each parameter's element count, in registration order.
     public init(elementCounts: [Int], options: GradientBucketOptions = GradientBucketOptions()) {
         let bytes = MemoryLayout<Float>.stride
-        var buckets: [Bucket] = []
-        var members: [Int] = [], offsets: [Int] = [], filled = 0
+        // Groups in registration order: a parameter with the small ones registered right after it
+        // (a weight's bias): its layer's backward produces them together, so a bucket holding the
+        // bias but not the weight would wait for the layer anyway.
+        let small = max(1, options.firstCapBytes / 16)
+        var groups: [[Int]] = []
+        for index in elementCounts.indices {
+            if !groups.isEmpty, elementCounts[index] * bytes < small {
+                groups[groups.count - 1].append(index)
+            } else {
+                groups.append([index])
+            }
+        }
+        let size = { (group: [Int]) in group.reduce(0) { $0 + elementCounts[$1] } }
+        var buckets: [[[Int]]] = []
+        var open: [[Int]] = [], filled = 0
         func close() {
-            buckets.append(Bucket(parameters: members, offsets: offsets, elementCount: filled))
-            members = []; offsets = []; filled = 0
+            buckets.append(open)
+            open = []; filled = 0
         }
         // The open bucket's cap (it changes once the first bucket has closed).
         func cap() -> Int { buckets.isEmpty ? options.firstCapBytes : options.capBytes }
-        for index in elementCounts.indices.reversed() {
-            if 2 * filled * bytes >= cap(), (filled + elementCounts[index]) * bytes > cap() { close() }
-            members.append(index)
-            offsets.append(filled)
-            filled += elementCounts[index]
+        for group in groups.reversed() {
+            if 2 * filled * bytes >= cap(), (filled + size(group)) * bytes > cap() { close() }
+            open.append(group.reversed())
+            filled += size(group)
             if filled * bytes >= cap() { close() }
         }
-        if !members.isEmpty { close() }
-        self.buckets = buckets
+        if !open.isEmpty { close() }
+        if let last = buckets.last, last.count > 1 {
+            // The fewest last-produced groups that reach the first cap, when what stays behind does too.
+            var tail = 0, split = last.count
+            while split > 0, tail * bytes < options.firstCapBytes {
+                split -= 1
+                tail += size(last[split])
+            }
+            if split > 0, (last.reduce(0) { $0 + size($1) } - tail) * bytes >= options.firstCapBytes {
+                buckets[buckets.count - 1] = Array(last[..<split])
+                buckets.append(Array(last[split...]))
+            }
+        }
+        self.buckets = buckets.map { groups in
+            let members = groups.flatMap { $0 }
+            var offsets: [Int] = [], filled = 0
+            for index in members {
+                offsets.append(filled)
+                filled += elementCounts[index]
+            }
+            return Bucket(parameters: members, offsets: offsets, elementCount: filled)
+        }
+
     }
 }
 
