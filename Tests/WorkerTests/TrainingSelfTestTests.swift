@@ -57,6 +57,8 @@ final class TrainingSelfTestTests: SingleThreadedTestCase {
         XCTAssertGreaterThan(report.parallelSamplesPerSecond, 0)
         XCTAssertGreaterThanOrEqual(report.hiddenCommunicationShare, 0)
         XCTAssertLessThanOrEqual(report.hiddenCommunicationShare, 1)
+        XCTAssertGreaterThanOrEqual(report.exposedWaitSecondsPerStep, 0)
+        XCTAssertGreaterThanOrEqual(report.backwardSpreadSecondsPerStep, 0)
         XCTAssertEqual(report.pipeline.count, 4)
         XCTAssertEqual(report.pipeline.first?.theoreticalIdle ?? 0, 1.0 / 3.0, accuracy: 1e-12)
         for row in report.pipeline {
@@ -75,6 +77,7 @@ final class TrainingSelfTestTests: SingleThreadedTestCase {
         let table = TrainingBenchmark.format(report)
         XCTAssertTrue(table.contains("scaling efficiency"), table)
         XCTAssertTrue(table.contains("no gradient sync"), table)
+        XCTAssertTrue(table.contains("waited a median") && table.contains("backward times differed by a median"), table)
         XCTAssertTrue(table.contains("(p-1)/(m+p-1)") && table.contains("replayed idle"), table)
     }
 }

@@ -101,6 +101,12 @@ public enum TrainingBenchmark {
         public var hiddenCommunicationShare: Double {
             communicationSecondsPerStep > 0 ? hiddenCommunicationSecondsPerStep / communicationSecondsPerStep : 0
         }
+        /// Median over the steps of the ranks' mean wait for the gradients after their own
+        /// backward: the last bucket's allreduce plus waiting for a slower rank.
+        public let exposedWaitSecondsPerStep: Double
+        /// Median over the steps of the slowest minus the fastest rank's backward time: what the
+        /// machine's noise alone makes the faster rank wait.
+        public let backwardSpreadSecondsPerStep: Double
         public let buckets: Int
         public let pipeline: [PipelineRow]
         /// Measured steps behind each pipeline row.
@@ -176,6 +182,8 @@ public enum TrainingBenchmark {
                       unsynchronizedRounds: unsynchronized,
                       communicationSecondsPerStep: median.communicationPerStep,
                       hiddenCommunicationSecondsPerStep: median.hiddenPerStep,
+                      exposedWaitSecondsPerStep: median.exposedWaitPerStep,
+                      backwardSpreadSecondsPerStep: median.backwardSpreadPerStep,
                       buckets: median.buckets, pipeline: pipeline, pipelineSteps: options.pipelineSteps)
     }
 
@@ -183,6 +191,8 @@ public enum TrainingBenchmark {
         var samplesPerSecond = 0.0
         var communicationPerStep = 0.0
         var hiddenPerStep = 0.0
+        var exposedWaitPerStep = 0.0
+        var backwardSpreadPerStep = 0.0
         var buckets = 0
     }
 
@@ -210,13 +220,27 @@ public enum TrainingBenchmark {
         replica.timeline = timeline
         try communicator.barrier()
         let start = DispatchTime.now().uptimeNanoseconds
-        for _ in 0 ..< options.steps { try step() }
+        var waits = [Double](repeating: 0, count: options.steps), backwards = waits
+        for index in 0 ..< options.steps {
+            try step()
+            waits[index] = replica.buckets.lastReport.exposedWaitSeconds
+            backwards[index] = replica.buckets.lastReport.backwardSeconds
+        }
         try communicator.barrier()
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         replica.timeline = nil
         var result = Measurement()
         result.samplesPerSecond = Double(options.batchPerRank * communicator.size * options.steps) / seconds
         result.buckets = replica.buckets.layout.buckets.count
+        if synchronize {
+            // Gathered after the timed steps, so the measurement itself gains no exchanges.
+            var slowest = backwards, fastest = backwards
+            try communicator.allreduce(&waits, op: .average)
+            try communicator.allreduce(&slowest, op: .max)
+            try communicator.allreduce(&fastest, op: .min)
+            result.exposedWaitPerStep = CollectiveBenchmark.median(waits)
+            result.backwardSpreadPerStep = CollectiveBenchmark.median(zip(slowest, fastest).map { $0 - $1 })
+        }
         if let timeline {
             let isAllreduce = { (span: Timeline.Span) in span.category == .allreduce }
             let isBackward = { (span: Timeline.Span) in span.category == .backward }
@@ -320,6 +344,9 @@ public enum TrainingBenchmark {
         lines.append(String(format: "gradient allreduce %.1f ms/step, %.1f ms hidden behind backward (%.0f%%)",
                             report.communicationSecondsPerStep * 1e3, report.hiddenCommunicationSecondsPerStep * 1e3,
                             report.hiddenCommunicationShare * 100))
+        lines.append(String(format: "after backward each step waited a median %.1f ms for its gradients; the ranks' backward times "
+            + "differed by a median %.1f ms per step (the faster rank waits for the slower)",
+                            report.exposedWaitSecondsPerStep * 1e3, report.backwardSpreadSecondsPerStep * 1e3))
         lines.append("")
         lines.append("pipeline bubble: median step of \(report.pipelineSteps) (idle averaged over the stages)")
         lines.append("schedule  stages  micro-batches  measured idle  replayed idle  (p-1)/(m+p-1)")
