@@ -41,6 +41,8 @@ final class WireProtocolTests: XCTestCase {
         XCTAssertTrue(decodeError(#"{"prompt": "x"}"#).contains("'id'"))
         XCTAssertTrue(decodeError(#"{"id": "a", "prompt": "x", "width": "wide"}"#).contains("'width'"))
         XCTAssertTrue(decodeError(#"{"id": "a", "prompt": "x", "guidance": 3}"#).contains("unknown field 'guidance'"))
+        // Of several unknown fields the first by name is named, whatever their order in the body.
+        XCTAssertTrue(decodeError(#"{"zeta": 1, "id": "a", "prompt": "x", "beta": 2}"#).contains("unknown field 'beta'"))
         XCTAssertTrue(decodeError(#"{"id": "a", "prompt": 7}"#).contains("'prompt'"))
         XCTAssertTrue(decodeError("not json").contains("not valid JSON"))
         let body = try WireProtocol.decode(SubmitBody.self, from: Data(#"{"id":"a","prompt":"red shoe","seed":18446744073709551615,"guidance_scale":4}"#.utf8), what: "x")

@@ -121,7 +121,8 @@ public enum WireProtocol {
     /// Throws `bad_request` naming the first key of a JSON object that is not in `known`.
     static func refuseUnknownKeys(_ decoder: Decoder, known: Set<String>) throws {
         let container = try decoder.container(keyedBy: AnyCodingKey.self)
-        if let unknown = container.allKeys.map(\.stringValue).sorted().first(where: { !known.contains($0) }) {
+        // Only a refused body pays for sorting (the first unknown key by name, so the message is stable).
+        if let unknown = container.allKeys.lazy.map(\.stringValue).filter({ !known.contains($0) }).min() {
             throw WireError(.badRequest, "unknown field '\(unknown)' (known: \(known.sorted().joined(separator: ", ")))")
         }
     }
@@ -209,6 +210,9 @@ public struct SubmitBody: Codable, Sendable, Equatable {
         self.timeoutMs = timeoutMs
     }
 
+    /// The wire names of the fields, built once rather than for every SUBMIT.
+    static let fieldNames = Set(CodingKeys.allCases.map(\.rawValue))
+
     enum CodingKeys: String, CodingKey, CaseIterable {
         case id, prompt, width, height, steps, seed, model, priority
         case negativePrompt = "negative_prompt"
@@ -217,7 +221,7 @@ public struct SubmitBody: Codable, Sendable, Equatable {
     }
 
     public init(from decoder: Decoder) throws {
-        try WireProtocol.refuseUnknownKeys(decoder, known: Set(CodingKeys.allCases.map(\.rawValue)))
+        try WireProtocol.refuseUnknownKeys(decoder, known: Self.fieldNames)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         id = try c.decode(String.self, forKey: .id)
         prompt = try c.decode(String.self, forKey: .prompt)
