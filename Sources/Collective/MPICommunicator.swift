@@ -21,7 +21,7 @@ public final class MPICommunicator: Communicator {
     private var backgroundChannel: MPICommunicator?
     /// True for the duplicate that background jobs run over: its polls run on the communication
     /// thread, beside compute, rather than on a thread that is itself waiting.
-    private var isBackgroundChannel = false
+    private let isBackgroundChannel: Bool
 
     /// `MPI_COMM_WORLD`, initialising MPI if needed.
     public static func world() throws -> MPICommunicator {
@@ -29,9 +29,10 @@ public final class MPICommunicator: Communicator {
         return try MPICommunicator(handle: sura_mpi_comm_world(), channel: ChannelState(timeout: CollectiveTimeout.defaultSeconds))
     }
 
-    private init(handle: MPI_Comm, channel: ChannelState) throws {
+    private init(handle: MPI_Comm, channel: ChannelState, isBackgroundChannel: Bool = false) throws {
         self.handle = handle
         self.channel = channel
+        self.isBackgroundChannel = isBackgroundChannel
         try MPIRuntime.check(MPIRuntime.call { MPI_Comm_set_errhandler(handle, sura_mpi_errors_return()) },
                              "MPI_Comm_set_errhandler")
         var rank: Int32 = 0
@@ -293,8 +294,7 @@ public final class MPICommunicator: Communicator {
         var request: MPI_Request?
         try MPIRuntime.check(MPIRuntime.call { MPI_Comm_idup(handle, &duplicate, &request) }, "MPI_Comm_idup")
         try complete(request, operation: "creating the background channel")
-        let created = try MPICommunicator(handle: duplicate!, channel: channel)
-        created.isBackgroundChannel = true
+        let created = try MPICommunicator(handle: duplicate!, channel: channel, isBackgroundChannel: true)
         backgroundChannel = created
         return created
     }

@@ -124,13 +124,11 @@ public final class AdapterTask: TrainingTask {
         let shown = records.map { section.promptField == "text" ? $0.text : $0.prompt }
         var textPrompts = shown + [""]
         if type == .surAdapter || type == .vokenMapper { textPrompts += records.map(\.prompt) }
-        let tables = PromptTableEncoder(agreement: agreement, chunk: Self.llmChunk,
-                                        cache: config.featureCache.map { FeatureTableCache(directory: URL(fileURLWithPath: $0)) })
+        let tables = PromptTableEncoder(agreement: agreement, chunk: Self.llmChunk, cache: config.featureTableCache)
         // What decides each table besides its prompts, for the feature cache.
-        let build = FeatureTableCache.executableFingerprint
-        let llmIdentity = section.llm.map { FeatureTableCache.fingerprint(of: $0) + ["max_length \(section.llmMaxLength)"] + build } ?? []
+        let llmIdentity = section.llm.map { FeatureTableCache.fingerprint(of: $0) + ["max_length \(section.llmMaxLength)"] } ?? []
         if needsText, let textEncoder {
-            text = try tables.table("text encoder", textPrompts, identity: FeatureTableCache.fingerprint(of: section.baseModel) + build,
+            text = try tables.table("text encoder", textPrompts, identity: FeatureTableCache.fingerprint(of: section.baseModel),
                                     log: log) { try textEncoder.conditioning(for: $0) }
         } else {
             text = nil

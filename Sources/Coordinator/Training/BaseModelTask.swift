@@ -53,11 +53,9 @@ public final class BaseModelTask: TrainingTask {
                                        message: "gives \(encoder.width)-wide tokens but the UNet's cross_attention_dim is \(width)")
         }
         let prompts = dataset.records.map(\.prompt)
-        features = try PromptTableEncoder(agreement: agreement, chunk: 64,
-                                          cache: config.featureCache.map { FeatureTableCache(directory: URL(fileURLWithPath: $0)) })
+        features = try PromptTableEncoder(agreement: agreement, chunk: 64, cache: config.featureTableCache)
             .table("text encoder", prompts + [""],
-                   identity: FeatureTableCache.fingerprint(of: section.textEncoder) + ["max_length \(section.maxLength)"]
-                       + FeatureTableCache.executableFingerprint,
+                   identity: FeatureTableCache.fingerprint(of: section.textEncoder) + ["max_length \(section.maxLength)"],
                    log: log) { try encoder.conditioning(for: $0) }
         emptyFeatures = try features.features([""])
         schedulerConfig = config.diffusion.scheduler

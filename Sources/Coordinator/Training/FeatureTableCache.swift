@@ -15,8 +15,9 @@ import Worker
 /// gets another file.
 ///
 /// The identity lines name what decides the features: the encoder's files with their sizes and
-/// modification times (`fingerprint(of:)`), the layer and length, and this executable's own
-/// fingerprint, because a rebuilt Sura may compute slightly different bits. A file that does not
+/// modification times (`fingerprint(of:)`) and the layer and length, from the caller; `entry`
+/// adds this executable's own fingerprint, because a rebuilt Sura may compute slightly different
+/// bits. A file that does not
 /// match its key exactly, or cannot be read, is a miss (the reason is logged) and is rewritten.
 public struct FeatureTableCache: Sendable {
     public static let format = "sura-feature-tables"
@@ -29,7 +30,9 @@ public struct FeatureTableCache: Sendable {
     }
 
     /// Where the table set of `label`, `identity` and `prompts` (distinct, in table order) lives.
-    public func entry(label: String, identity: [String], prompts: [String]) -> Entry {
+    /// The identity it records and hashes ends with `executableFingerprint`.
+    public func entry(label: String, identity callerIdentity: [String], prompts: [String]) -> Entry {
+        let identity = callerIdentity + Self.executableFingerprint
         var promptHash = FNV1a()
         for prompt in prompts { promptHash.add(prompt) }
         var key = FNV1a()
@@ -115,11 +118,11 @@ public struct FeatureTableCache: Sendable {
         }
     }
 
-    /// The fingerprint of the running executable (`/proc/self/exe`): another build of Sura is
-    /// another key.
-    public static var executableFingerprint: [String] {
+    /// The fingerprint of the running executable (`/proc/self/exe`), read once: another build of
+    /// Sura is another key.
+    public static let executableFingerprint: [String] = {
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             ?? CommandLine.arguments.first ?? "sura"
         return fingerprint(of: executable).map { "executable " + $0 }
-    }
+    }()
 }

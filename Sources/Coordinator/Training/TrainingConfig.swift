@@ -139,6 +139,11 @@ public struct TrainingConfig: Sendable {
     public var base: BaseSection?
     public var adapter: AdapterSection?
 
+    /// The cache `featureCache` names, nil when it is off.
+    public var featureTableCache: FeatureTableCache? {
+        featureCache.map { FeatureTableCache(directory: URL(fileURLWithPath: $0)) }
+    }
+
     /// `feature_cache` when the config does not set it: OUTPUT_DIR/feature-cache.
     public static func defaultFeatureCache(outputDir: String) -> String {
         (outputDir as NSString).appendingPathComponent("feature-cache")

@@ -108,7 +108,6 @@ public struct GradientBucketLayout: Equatable, Sendable {
             }
             return Bucket(parameters: members, offsets: offsets, elementCount: filled)
         }
-
     }
 }
 
