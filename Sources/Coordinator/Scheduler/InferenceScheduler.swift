@@ -103,6 +103,7 @@ public final class InferenceScheduler: @unchecked Sendable {
     public func run() throws {
         var drainDeadline: Double?
         var nextPublish = 0.0, nextAutoscale = 0.0
+        let wakeTimer = try PollWakeTimer()
         defer {
             // Let the last replies leave before the sockets close.
             try? frontend.setLinger(milliseconds: 2000)
@@ -114,8 +115,10 @@ public final class InferenceScheduler: @unchecked Sendable {
         while true {
             var now = MonotonicClock.now()
             let wait = core.nextWakeup(now: now) - now
-            let timeout = wait <= 0 ? 0 : min(50, Int((wait * 1000).rounded(.up)))
-            let readable = try ZMQSocket.pollReadable([backend, frontend], timeout: timeout)
+            // The timer wakes the poll at the deadline itself; the millisecond timeout is only a backstop.
+            if wait > 0 { wakeTimer.arm(after: min(wait, 0.05)) }
+            let readable = try ZMQSocket.pollReadable([backend, frontend], fds: [wakeTimer.fd], timeout: wait <= 0 ? 0 : 51)
+            if readable[2] { wakeTimer.acknowledge() }
             if readable[0] { try drain(backend, maxBytes: 512 << 20) { self.handleBackend($0) } }
             if readable[1] { try drain(frontend, maxBytes: configuration.maxRequestBytes + 4096) { self.handleFrontend($0) } }
             now = MonotonicClock.now()

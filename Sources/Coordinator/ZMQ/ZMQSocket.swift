@@ -235,13 +235,20 @@ public final class ZMQSocket {
     /// Waits until any of `sockets` has a message to read, or `timeout` milliseconds pass
     /// (negative = wait forever); returns one readable flag per socket. A signal counts as a timeout.
     public static func pollReadable(_ sockets: [ZMQSocket], timeout: Int) throws -> [Bool] {
+        try pollReadable(sockets, fds: [], timeout: timeout)
+    }
+
+    /// Like `pollReadable(_:timeout:)`, with plain file descriptors (a `PollWakeTimer`'s) polled
+    /// beside the sockets: the result lists the sockets' flags, then the descriptors'.
+    public static func pollReadable(_ sockets: [ZMQSocket], fds: [Int32], timeout: Int) throws -> [Bool] {
         var items = try sockets.map { socket in
             zmq_pollitem_t(socket: try socket.live("zmq_poll"), fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
         }
+        items += fds.map { zmq_pollitem_t(socket: nil, fd: $0, events: Int16(ZMQ_POLLIN), revents: 0) }
         let status = zmq_poll(&items, Int32(items.count), timeout)
         if status < 0 {
             let error = ZMQError.last("zmq_poll")
-            if error.code == EINTR { return Array(repeating: false, count: sockets.count) }
+            if error.code == EINTR { return Array(repeating: false, count: items.count) }
             throw error
         }
         return items.map { ($0.revents & Int16(ZMQ_POLLIN)) != 0 }
