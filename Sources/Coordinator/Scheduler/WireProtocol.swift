@@ -69,9 +69,10 @@ public enum WireProtocol {
         return encoder
     }()
 
-    /// UTF-8 JSON for a payload frame.
+    /// UTF-8 JSON for a payload frame; the per-request messages are written directly.
     public static func encode<T: Encodable>(_ value: T) -> Data {
-        encodeCodable(value)
+        if let direct = value as? any DirectlyWrittenWireMessage, let json = direct.directJSON { return json }
+        return encodeCodable(value)
     }
 
     /// `JSONEncoder`'s form, sorted keys; the fallback of the directly written messages.
@@ -80,11 +81,19 @@ public enum WireProtocol {
         (try? encoder.encode(value)) ?? Data("{}".utf8)
     }
 
-    /// A `RESULT` header, one per answered request: written directly (`JSONObjectWriter`).
-    public static func encode(_ header: ResultHeader) -> Data { header.json }
+    /// The direct reading of a per-request message (SUBMIT, BATCH, a worker's RESULT, the RESULT
+    /// header) in its usual form; nil for any other type or form, which `decode` leaves to
+    /// `JSONDecoder`. Where it gives a value, `JSONDecoder` gives the same one.
+    public static func decodeScanned<T: Decodable>(_ type: T.Type, from frame: Data) -> T? {
+        guard let scanned = type as? any ScannedWireMessage.Type else { return nil }
+        var scanner = JSONScanner(frame)
+        guard let value = try? scanned.init(scanning: &scanner), (try? scanner.end()) != nil else { return nil }
+        return value as? T
+    }
 
     /// Decodes a JSON payload frame; `what` names the message in errors ("SUBMIT body").
     public static func decode<T: Decodable>(_ type: T.Type, from frame: Data, what: String) throws -> T {
+        if let value = decodeScanned(type, from: frame) { return value }
         do {
             return try JSONDecoder().decode(type, from: frame)
         } catch let error as WireError {
