@@ -235,8 +235,9 @@ final class AdapterTrainProcessTests: XCTestCase {
     }
 
     /// pp = 2 splits SmolLM2's layers over two ranks: the features are bitwise those of one
-    /// process (the logged checksum of the whole table), and training on both ranks gives the
-    /// one-process losses to float rounding. Too many stages for the layers is an error naming
+    /// process (the logged checksum of the whole table), also when two replicas' pipelines share
+    /// the prompts (dp = 2 × pp = 2), and training on both ranks gives the one-process losses to
+    /// float rounding. Too many stages for the layers is an error naming
     /// `topology.pp` on every rank.
     func testPipelineParallelLLMGivesBitwiseTheSameFeatures() throws {
         let one = try writeConfig("cross_adapter", output: "pp1", steps: 2)
@@ -267,6 +268,18 @@ final class AdapterTrainProcessTests: XCTestCase {
         XCTAssertTrue(again.output.contains("LLM layer 30: ") && again.output.contains("distinct prompts loaded from "), again.output)
         XCTAssertFalse(again.output.contains("LLM pipeline: layers"), again.output)
         XCTAssertEqual(checksum(again.output), b)
+
+        // dp = 2 × pp = 2: each replica's pipeline encodes half the prompts and the halves are
+        // exchanged; the table is still bitwise one process's.
+        let grid = try writeConfig("cross_adapter", output: "dp2pp2", steps: 1, dp: 2, pp: 2)
+        let four = try Self.launch(try TrainProcessTests.mpirun(),
+                                   TrainProcessTests.mpiFlags + ["-np", "4", try TrainProcessTests.executable("train"), "--config", grid])
+        XCTAssertEqual(four.status, 0, four.output)
+        XCTAssertTrue(four.output.contains("LLM pipeline: layers 1…15 | 16…30"), four.output)
+        XCTAssertTrue(four.output.contains("LLM pipeline: 2 replicas share "), four.output)
+        XCTAssertEqual(checksum(four.output), a, "dp = 2 × pp = 2 features differ from pp = 1")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path("pp1/feature-cache/" + stored[0]))),
+                       try Data(contentsOf: URL(fileURLWithPath: path("dp2pp2/feature-cache/" + stored[0]))))
 
         let shallow = try writeConfig("cross_adapter", output: "pp-shallow", pp: 2)
         try String(contentsOfFile: shallow, encoding: .utf8).replacingOccurrences(of: "llm_layer: -1", with: "llm_layer: 1")

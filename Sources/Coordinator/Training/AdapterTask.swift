@@ -51,10 +51,12 @@ public final class AdapterTask: TrainingTask {
     ///   when the adapter's width does not match the UNet's `cross_attention_dim`.
     /// - Parameter pipeline: the pipeline group when `topology.pp` > 1: the LLM's layers are
     ///   split over its ranks to compute the features (`PipelinedLLMFeatures`).
+    /// - Parameter replicas: with `pipeline`, the same stage of every dp replica: the replicas'
+    ///   pipelines each encode a share of the prompts.
     /// - Parameter agreement: the job's ranks, which share the encoding of the prompts
     ///   (`PromptTableEncoder`); nil: this process encodes them all.
-    public init(config: TrainingConfig, dataset: ImageTextDataset, pipeline: Communicator? = nil, agreement: RankAgreement? = nil,
-         log: (String) -> Void) throws {
+    public init(config: TrainingConfig, dataset: ImageTextDataset, pipeline: Communicator? = nil, replicas: Communicator? = nil,
+                agreement: RankAgreement? = nil, log: (String) -> Void) throws {
         guard let section = config.adapter, let type = config.task.adapterType else {
             throw TrainingError.config(file: config.file, key: "adapter", message: "is required")
         }
@@ -181,7 +183,8 @@ public final class AdapterTask: TrainingTask {
                 // Bitwise the pp = 1 table, so both share one cache entry.
                 let distinct = PromptFeatureTable.distinct(shown + [""])
                 llmTable = try tables.cached("LLM layer \(llm.layer)", distinct, identity: llmIdentity, log: log) {
-                    [try PipelinedLLMFeatures.table(prompts: distinct, encoder: llm, communicator: pipeline, chunk: Self.llmChunk,
+                    [try PipelinedLLMFeatures.table(prompts: distinct, encoder: llm, communicator: pipeline, replicas: replicas,
+                                                    chunk: Self.llmChunk,
                                                     topology: config.topology, file: config.file, log: log)]
                 }[0]
             } else {

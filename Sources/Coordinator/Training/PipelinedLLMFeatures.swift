@@ -11,6 +11,10 @@ import Worker
 /// LLM is frozen), and the last stage's states are broadcast to the group so every rank holds the
 /// table.
 ///
+/// With dp > 1 the replicas share the prompts out: each replica's pipeline encodes one run of
+/// whole chunks (`RankShares`), and the runs are then exchanged between the replicas' ranks of
+/// the same stage, so every rank ends with the whole table at the cost of one replica's share.
+///
 /// Micro-batches are the same chunks of `chunk` prompts the one-process path encodes, so every
 /// layer sees the same shapes and the features are bitwise those of pp = 1.
 enum PipelinedLLMFeatures {
@@ -18,10 +22,34 @@ enum PipelinedLLMFeatures {
     static let microBatchesPerPass = 8
 
     /// [N, L, D + 1] per distinct prompt: hidden states and the mask as one extra channel.
+    /// - Parameters:
+    ///   - communicator: this rank's pipeline group (one rank per stage).
+    ///   - replicas: the same stage of every dp replica (nil or size 1: this pipeline encodes all).
     /// - Throws: `TrainingError.config` naming `topology.pp` when the stages outnumber the
     ///   layers to split; the communicator's errors (a dead stage) naming the rank.
-    static func table(prompts: [String], encoder: LLMPromptEncoder, communicator: Communicator, chunk: Int,
-                      topology: TrainingConfig.TopologySection, file: String, log: (String) -> Void) throws -> PromptFeatureTable {
+    static func table(prompts: [String], encoder: LLMPromptEncoder, communicator: Communicator, replicas: Communicator? = nil,
+                      chunk: Int, topology: TrainingConfig.TopologySection, file: String,
+                      log: (String) -> Void) throws -> PromptFeatureTable {
+        let runs = RankShares.runs(count: prompts.count, ranks: replicas?.size ?? 1, unit: chunk)
+        let own = runs[replicas?.rank ?? 0]
+        if runs.count > 1 {
+            log("LLM pipeline: \(runs.count) replicas share \(prompts.count) prompts, rows \(runs.map { "\($0.lowerBound)…\($0.upperBound - 1)" }.joined(separator: " | "))")
+        }
+        let d = encoder.width, l = encoder.maxLength
+        let rowSize = l * (d + 1)
+        var values = try share(Array(prompts[own]), encoder: encoder, communicator: communicator, chunk: chunk, topology: topology,
+                               file: file, label: runs.count > 1 ? "LLM features (pipeline, replica \(replicas!.rank)'s share)" : "LLM features (pipeline)",
+                               log: log)
+        if let replicas, runs.count > 1 {
+            values = try RankShares.assemble(values, rowSize: rowSize, runs: runs, count: prompts.count, communicator: replicas)
+        }
+        return try PromptFeatureTable(prompts: prompts, values: Tensor(shape: [prompts.count, l, d + 1], data: values))
+    }
+
+    /// The rows of `prompts` through this replica's pipeline, on every stage: [N·L·(D + 1)].
+    private static func share(_ prompts: [String], encoder: LLMPromptEncoder, communicator: Communicator, chunk: Int,
+                              topology: TrainingConfig.TopologySection, file: String, label: String,
+                              log: (String) -> Void) throws -> [Float] {
         let stages = communicator.size, stage = communicator.rank
         // The pipeline group has topology.pp ranks, one stage each.
         let costs = encoder.llm.model.layers.prefix(encoder.decoderLayersRun).map { layer in layer.parameters().reduce(0) { $0 + $1.count } }
@@ -38,7 +66,7 @@ enum PipelinedLLMFeatures {
         let rowSize = l * (d + 1)
         var values = [Float](repeating: 0, count: stage == stages - 1 ? prompts.count * rowSize : 0)
         var done = 0
-        let bar = communicator.rank == stages - 1 ? ProgressBar(total: prompts.count, label: "LLM features (pipeline)", unit: "prompts") : nil
+        let bar = communicator.rank == stages - 1 && !prompts.isEmpty ? ProgressBar(total: prompts.count, label: label, unit: "prompts") : nil
         var first = 0
         while first < chunks.count {
             let pass = Array(chunks[first ..< min(first + microBatchesPerPass, chunks.count)])
@@ -59,9 +87,10 @@ enum PipelinedLLMFeatures {
             }
             first += pass.count
         }
-        // Every stage gets the table (the adapter trains on every rank).
+        // Every stage gets the rows (the adapter trains on every rank). A replica whose share is
+        // empty skips the broadcast on all its stages alike.
         if stage != stages - 1 { values = [Float](repeating: 0, count: prompts.count * rowSize) }
-        try communicator.broadcast(&values, root: stages - 1)
-        return try PromptFeatureTable(prompts: prompts, values: Tensor(shape: [prompts.count, l, d + 1], data: values))
+        if !values.isEmpty { try communicator.broadcast(&values, root: stages - 1) }
+        return values
     }
 }

@@ -111,7 +111,8 @@ public final class TrainingRun {
             switch config.task {
             case .base: return try BaseModelTask(config: config, dataset: dataset, agreement: agreement, log: log)
             case .surAdapter, .crossAdapter, .vokenMapper, .ella:
-                return try AdapterTask(config: config, dataset: dataset, pipeline: groups?.pipeline, agreement: agreement, log: log)
+                return try AdapterTask(config: config, dataset: dataset, pipeline: groups?.pipeline, replicas: groups?.dataParallel,
+                                       agreement: agreement, log: log)
             }
         }
         let parameters = task.module.namedTrainableParameters().map { (name: $0.0, tensor: $0.1) }
