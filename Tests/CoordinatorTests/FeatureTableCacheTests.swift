@@ -7,7 +7,8 @@ import Coordinator
 
 /// `FeatureTableCache` and `PromptTableEncoder` with a cache: a stored table set loads bitwise
 /// equal without running the encoder; another encoder, prompt list or a damaged file is a miss
-/// that re-encodes; ranks load only when every rank has the file, otherwise all encode (no hang).
+/// that re-encodes; ranks load only when every rank has the file, otherwise all encode (no hang);
+/// the folder keeps to its budget by removing the least recently used table sets.
 final class FeatureTableCacheTests: XCTestCase {
     private var folder: URL!
 
@@ -143,6 +144,48 @@ final class FeatureTableCacheTests: XCTestCase {
         XCTAssertTrue(FeatureTableCache.executableFingerprint[0].hasPrefix("executable /"), "\(FeatureTableCache.executableFingerprint)")
     }
 
+    /// Storing a table set removes the least recently used others beyond the budget; loading
+    /// counts as use, the set just stored is never removed, and files of other names stay.
+    func testStoringEvictsTheLeastRecentlyUsedBeyondTheBudget() throws {
+        let unlimited = PromptTableEncoder(agreement: nil, chunk: 4, cache: FeatureTableCache(directory: folder))
+        for layer in 1...3 {
+            _ = try unlimited.tables("LLM layer \(layer)", prompts, identity: identity, log: { _ in }) { CountingEncoder()($0) }
+        }
+        let other = folder.appendingPathComponent("notes.safetensors")
+        try Data(repeating: 1, count: 1 << 20).write(to: other)
+        let cache = FeatureTableCache(directory: folder, maxBytes: 1)
+        var files = cache.storedFiles()
+        XCTAssertEqual(files.count, 3, "\(files)")
+        let size = files[0].bytes
+        // Layer 1 stored first, used most recently; layer 2 least recently used.
+        let ages: [String: TimeInterval] = ["llm-layer-1-": -10, "llm-layer-2-": -300, "llm-layer-3-": -200]
+        for file in files {
+            let age = try XCTUnwrap(ages.first { file.url.lastPathComponent.hasPrefix($0.key) }?.value)
+            try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: age)], ofItemAtPath: file.url.path)
+        }
+        XCTAssertEqual(cache.storedFiles().map { String($0.url.lastPathComponent.prefix(12)) }, ["llm-layer-2-", "llm-layer-3-", "llm-layer-1-"])
+
+        // A budget of two and a half sets: storing a fourth removes the two least recently used.
+        let budgeted = PromptTableEncoder(agreement: nil, chunk: 4, cache: FeatureTableCache(directory: folder, maxBytes: size * 5 / 2))
+        var logs: [String] = []
+        _ = try budgeted.tables("LLM layer 4", prompts, identity: identity, log: { logs.append($0) }) { CountingEncoder()($0) }
+        files = cache.storedFiles()
+        XCTAssertEqual(Set(files.map { String($0.url.lastPathComponent.prefix(12)) }), ["llm-layer-1-", "llm-layer-4-"])
+        XCTAssertEqual(logs.filter { $0.hasPrefix("feature cache: removed llm-layer-") }.count, 2, "\(logs)")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: other.path), "a file of another name is not the cache's to remove")
+
+        // Loading layer 1 makes it the most recently used; a budget below one set still keeps the set just stored.
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -1000)],
+                                              ofItemAtPath: try XCTUnwrap(files.first { $0.url.lastPathComponent.hasPrefix("llm-layer-1-") }).url.path)
+        let counting = CountingEncoder()
+        _ = try budgeted.tables("LLM layer 1", prompts, identity: identity, log: { _ in }) { counting($0) }
+        XCTAssertEqual(counting.calls, 0)
+        XCTAssertEqual(cache.storedFiles().last.map { String($0.url.lastPathComponent.prefix(12)) }, "llm-layer-1-")
+        let tiny = PromptTableEncoder(agreement: nil, chunk: 4, cache: FeatureTableCache(directory: folder, maxBytes: 1))
+        _ = try tiny.tables("LLM layer 5", prompts, identity: identity, log: { _ in }) { CountingEncoder()($0) }
+        XCTAssertEqual(cache.storedFiles().map { String($0.url.lastPathComponent.prefix(12)) }, ["llm-layer-5-"])
+    }
+
     func testTheConfigKey() throws {
         let yaml = { (extra: String) in
             "task: base\noutput_dir: runs/x\n\(extra)data: {path: d}\nbase: {unet: u.json, text_encoder: t}\n"
@@ -152,6 +195,11 @@ final class FeatureTableCacheTests: XCTestCase {
         XCTAssertNil(try TrainingConfig(yaml: yaml("feature_cache: none\n"), file: "c.yaml").featureCache)
         XCTAssertThrowsError(try TrainingConfig(yaml: yaml("feature_cache: ''\n"), file: "c.yaml")) { error in
             XCTAssertTrue("\(error)".contains("feature_cache"), "\(error)")
+        }
+        XCTAssertEqual(try TrainingConfig(yaml: yaml(""), file: "c.yaml").featureTableCache?.maxBytes, 10_000_000_000)
+        XCTAssertEqual(try TrainingConfig(yaml: yaml("feature_cache_max_gb: 0.5\n"), file: "c.yaml").featureTableCache?.maxBytes, 500_000_000)
+        XCTAssertThrowsError(try TrainingConfig(yaml: yaml("feature_cache_max_gb: -1\n"), file: "c.yaml")) { error in
+            XCTAssertTrue("\(error)".contains("feature_cache_max_gb"), "\(error)")
         }
     }
 }

@@ -24,9 +24,59 @@ public struct FeatureTableCache: Sendable {
     public static let version = 1
 
     public let directory: URL
+    /// The folder's budget for table files (`feature_cache_max_gb`); nil: unlimited. Storing a
+    /// table set evicts the least recently used others until the folder fits (`evict(keeping:)`).
+    public let maxBytes: Int64?
 
-    public init(directory: URL) {
+    public init(directory: URL, maxBytes: Int64? = nil) {
         self.directory = directory
+        self.maxBytes = maxBytes
+    }
+
+    /// A table file of this cache's naming (`<label slug>-<16 hex>.safetensors`), its size and
+    /// when it was last stored or loaded (its modification time, which `Entry.load` refreshes).
+    public struct StoredFile: Sendable, Equatable {
+        public let url: URL
+        public let bytes: Int64
+        public let lastUsed: Date
+    }
+
+    /// The table files in the folder, least recently used first; other files are not listed.
+    public func storedFiles() -> [StoredFile] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        return names.filter(Self.isTableFileName).compactMap { name -> StoredFile? in
+            let url = directory.appendingPathComponent(name)
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: url.path),
+                  (attributes[.type] as? FileAttributeType) == .typeRegular else { return nil }
+            return StoredFile(url: url, bytes: (attributes[.size] as? NSNumber)?.int64Value ?? 0,
+                              lastUsed: attributes[.modificationDate] as? Date ?? .distantPast)
+        }.sorted { ($0.lastUsed, $0.url.path) < ($1.lastUsed, $1.url.path) }
+    }
+
+    static func isTableFileName(_ name: String) -> Bool {
+        guard name.hasSuffix(".safetensors") else { return false }
+        let stem = name.dropLast(".safetensors".count)
+        guard let dash = stem.lastIndex(of: "-") else { return false }
+        let hex = stem[stem.index(after: dash)...]
+        return hex.count == 16 && hex.allSatisfy(\.isHexDigit)
+    }
+
+    /// Removes the least recently used table files, never `kept`, until the folder's table files
+    /// fit `maxBytes`; returns what it removed. A folder shared by many experiments otherwise
+    /// grows by one file per encoder and prompt list for good.
+    @discardableResult
+    public func evict(keeping kept: URL) -> [StoredFile] {
+        guard let maxBytes else { return [] }
+        let files = storedFiles()
+        var total = files.reduce(0) { $0 + $1.bytes }
+        var removed: [StoredFile] = []
+        for file in files where total > maxBytes && file.url.standardizedFileURL != kept.standardizedFileURL {
+            // Another rank or job may have removed it already: that counts as removed.
+            try? FileManager.default.removeItem(at: file.url)
+            total -= file.bytes
+            removed.append(file)
+        }
+        return removed
     }
 
     /// Where the table set of `label`, `identity` and `prompts` (distinct, in table order) lives.
@@ -77,6 +127,8 @@ public struct FeatureTableCache: Sendable {
                     }
                     tables.append(try PromptFeatureTable(prompts: prompts, values: try file.tensor(named: name)))
                 }
+                // Loading counts as use: eviction goes by modification time.
+                try? FileManager.default.setAttributes([.modificationDate: Date()], ofItemAtPath: url.path)
                 return (tables, nil)
             } catch {
                 return (nil, "\(url.path): \(error)")

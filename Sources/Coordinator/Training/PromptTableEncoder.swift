@@ -71,6 +71,10 @@ public struct PromptTableEncoder {
             do {
                 try entry.store(tables)
                 log("\(label): tables stored in \(entry.url.path)")
+                for file in cache.evict(keeping: entry.url) {
+                    log(String(format: "feature cache: removed %@ (%.1f MB, last used %@) to stay within %.2f GB", file.url.lastPathComponent,
+                               Double(file.bytes) / 1e6, ISO8601DateFormatter().string(from: file.lastUsed), Double(cache.maxBytes ?? 0) / 1e9))
+                }
             } catch {
                 log("\(label): warning: could not store the tables in \(entry.url.path): \(error)")
             }

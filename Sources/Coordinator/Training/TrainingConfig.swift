@@ -11,6 +11,7 @@ import Yams
 /// seed: 0
 /// output_dir: runs/base      # checkpoints/, metrics.jsonl, loss.png, samples.png, train.log
 /// feature_cache: runs/base/feature-cache   # the default; `none` encodes the prompts every run
+/// feature_cache_max_gb: 10                 # the default; least recently used tables go beyond it
 /// data: {path: data/scenes, split: train, limit: 0}
 /// diffusion: {num_train_timesteps: 1000, beta_schedule: linear, beta_start: 0.0001, beta_end: 0.02,
 ///             prediction_type: v_prediction, snr_gamma: 5, noise_offset: 0}
@@ -131,6 +132,9 @@ public struct TrainingConfig: Sendable {
     /// Where finished prompt feature tables are kept between runs (`feature_cache`, default
     /// OUTPUT_DIR/feature-cache; `none`: always encode). See `FeatureTableCache`.
     public var featureCache: String?
+    /// The feature cache's budget in GB (`feature_cache_max_gb`, default 10): storing a table set
+    /// removes the least recently used others beyond it.
+    public var featureCacheMaxGB = 10.0
     public var data: DataSection
     public var diffusion: DiffusionSection
     public var optim = OptimSection()
@@ -141,7 +145,7 @@ public struct TrainingConfig: Sendable {
 
     /// The cache `featureCache` names, nil when it is off.
     public var featureTableCache: FeatureTableCache? {
-        featureCache.map { FeatureTableCache(directory: URL(fileURLWithPath: $0)) }
+        featureCache.map { FeatureTableCache(directory: URL(fileURLWithPath: $0), maxBytes: Int64(featureCacheMaxGB * 1e9)) }
     }
 
     /// `feature_cache` when the config does not set it: OUTPUT_DIR/feature-cache.
@@ -164,7 +168,7 @@ public struct TrainingConfig: Sendable {
     public init(yaml: String, file: String) throws {
         let root = try JobYAMLReader.document(yaml, file: file)
         self.file = file
-        try root.rejectUnknownKeys(allowed: ["task", "seed", "output_dir", "feature_cache", "data", "diffusion", "optim", "checkpoint", "topology", "base", "adapter"])
+        try root.rejectUnknownKeys(allowed: ["task", "seed", "output_dir", "feature_cache", "feature_cache_max_gb", "data", "diffusion", "optim", "checkpoint", "topology", "base", "adapter"])
         guard let task = try root.choice("task", Task.self) else {
             throw root.error("task", "is required; allowed values: \(Task.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -178,6 +182,7 @@ public struct TrainingConfig: Sendable {
         let cache = try root.string("feature_cache")
         featureCache = cache == "none" ? nil : cache ?? Self.defaultFeatureCache(outputDir: output)
         if featureCache?.isEmpty == true { throw root.error("feature_cache", "expected a folder, or none") }
+        featureCacheMaxGB = try root.double("feature_cache_max_gb", in: 0.001...1e6) ?? featureCacheMaxGB
 
         guard let dataNode = try root.mapping("data") else { throw root.error("data", "is required: {path: DATASET_FOLDER}") }
         try dataNode.rejectUnknownKeys(allowed: ["path", "split", "limit"])
