@@ -120,6 +120,36 @@ final class WireMessageCodingTests: XCTestCase {
         XCTAssertNil(WireProtocol.decodeScanned(FailedBody.self, from: Data(#"{"batch_id":1,"message":"m"}"#.utf8)))
     }
 
+    /// Damaged messages (bytes flipped, cut short, spliced) never trap the scanner, and whatever
+    /// it still reads is what JSONDecoder reads.
+    func testDamagedMessagesNeverTrapAndAgreeWithFoundation() throws {
+        let batch = WireProtocol.encode(BatchBody(batchID: 3, requests: (0..<3).map { _ in request() }))
+        let submit = Data(#"{"id":"4","prompt":"\u00e9 \ud83d\ude00 \"q\"","guidance_scale":7.5e0,"seed":12,"width":null}"#.utf8)
+        let alphabet = Array(#"{}[]",:\/u0123456789abcdefnulltrue-+.eE "#.utf8) + [0x00, 0x1f, 0x80, 0xc3, 0xff]
+        var agreed = 0
+        for round in 0..<3000 {
+            var bytes = [UInt8](round % 2 == 0 ? batch : submit)
+            for _ in 0..<Int.random(in: 1...3, using: &generator) {
+                let at = Int.random(in: 0..<bytes.count, using: &generator)
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0: bytes[at] = alphabet.randomElement(using: &generator)!
+                case 1: bytes.removeSubrange(at...)
+                default: bytes.insert(alphabet.randomElement(using: &generator)!, at: at)
+                }
+                if bytes.isEmpty { break }
+            }
+            let data = Data(bytes)
+            if round % 2 == 0, let scanned = WireProtocol.decodeScanned(BatchBody.self, from: data) {
+                XCTAssertEqual(scanned, try? JSONDecoder().decode(BatchBody.self, from: data), String(decoding: data, as: UTF8.self))
+                agreed += 1
+            } else if round % 2 == 1, let scanned = WireProtocol.decodeScanned(SubmitBody.self, from: data) {
+                XCTAssertEqual(scanned, try? JSONDecoder().decode(SubmitBody.self, from: data), String(decoding: data, as: UTF8.self))
+                agreed += 1
+            }
+        }
+        XCTAssertGreaterThan(agreed, 0, "some damage (inside a string, say) leaves a message the scanner still reads")
+    }
+
     /// A value without a JSON form (a non-finite number) is left to JSONEncoder, as the header
     /// always was, instead of writing `nan` into the message.
     func testNonFiniteNumbersFallBackToTheEncoder() {
