@@ -1,4 +1,5 @@
 import Foundation
+import Tensor
 import Worker
 
 /// Settings of `sura bench serve`.
@@ -44,6 +45,8 @@ public struct ServeBenchmarkReport: Sendable {
         /// executor's time: the worker's share of the overhead (the rest is the client's legs
         /// and the scheduler's own handling).
         public var meanWorkerRoundTrip = 0.0
+        /// The machine's CPU time the hypervisor gave to other guests during the phase (0…1; nil off Linux).
+        public var stealShare: Double?
 
         public var requestsPerSecond: Double { seconds > 0 ? Double(succeeded) / seconds : 0 }
     }
@@ -133,6 +136,7 @@ public enum ServeBenchmark {
         try socket.connect(frontend)
         let batchesBefore = metrics.batchSize.snapshot(), workerBefore = metrics.dispatchOverhead.snapshot()
         var phase = ServeBenchmarkReport.Phase(name: name)
+        let cpuBefore = CPUTimeSample.now()
         var sentAt: [String: Double] = [:]
         let start = MonotonicClock.now()
         let end = start + options.seconds
@@ -181,6 +185,7 @@ public enum ServeBenchmark {
             }
         }
         phase.seconds = MonotonicClock.now() - start
+        if let cpuBefore, let cpuAfter = CPUTimeSample.now() { phase.stealShare = cpuAfter.stealShare(since: cpuBefore) }
         let batches = metrics.batchSize.snapshot()
         let count = Double(batches.count - batchesBefore.count)
         phase.meanBatch = count > 0 ? (batches.sum - batchesBefore.sum) / count : 0
@@ -262,6 +267,9 @@ public enum ServeBenchmark {
         }
         lines.append(String(format: "of the overhead, the worker's round trip (dispatch to result, less execution) averaged %.3f ms open loop, %.3f ms saturating",
                             report.openLoop.meanWorkerRoundTrip, report.saturated.meanWorkerRoundTrip))
+        let steal = { (phase: ServeBenchmarkReport.Phase) in phase.stealShare.map { String(format: "%.1f%%", $0 * 100) } ?? "unknown" }
+        lines.append("host steal (CPU time the hypervisor gave to other guests): open loop \(steal(report.openLoop)), saturating \(steal(report.saturated))"
+                     + " — a stolen vCPU stalls every thread on it, and 1% of requests is the p99")
         let overheadP99 = percentile(report.openLoop.overheads, 99)
         let batchTarget = 0.8 * Double(o.maxBatch)
         lines.append(String(format: "targets: open-loop overhead p99 %.3f ms (≤ 2 ms: ", overheadP99) + (overheadP99 <= 2 ? "met" : "NOT met")

@@ -111,12 +111,16 @@ public enum TrainingBenchmark {
         public let pipeline: [PipelineRow]
         /// Measured steps behind each pipeline row.
         public let pipelineSteps: Int
+        /// The machine's CPU time stolen by the hypervisor over the whole benchmark, as rank 0
+        /// saw it (0…1; nil off Linux).
+        public var stealShare: Double?
     }
 
     /// Runs every measurement; all ranks of `world` call it together. Sets `Threads.count` to 1.
     /// - Returns: the report (meaningful on rank 0; other ranks return theirs).
     public static func run(world: Communicator, options: Options = Options()) throws -> Report {
         Threads.count = 1
+        let cpuBefore = CPUTimeSample.now()
         let savedTimeout = world.timeout
         defer { world.timeout = savedTimeout }
         let parameters = ProbeModel.blocks(widths: options.widths, seed: 1).reduce(0) { $0 + $1.parameterCount }
@@ -175,7 +179,7 @@ public enum TrainingBenchmark {
         }
         // The median round of the N-rank measurement also supplies the communication figures.
         let median = parallels.sorted { $0.samplesPerSecond < $1.samplesPerSecond }[parallels.count / 2]
-        return Report(parameters: parameters, ranks: ranks, transport: transport,
+        var report = Report(parameters: parameters, ranks: ranks, transport: transport,
                       singleSamplesPerSecond: CollectiveBenchmark.median(singles), parallelSamplesPerSecond: median.samplesPerSecond,
                       singleRounds: singles, parallelRounds: parallels.map(\.samplesPerSecond),
                       unsynchronizedSamplesPerSecond: CollectiveBenchmark.median(unsynchronized),
@@ -185,6 +189,8 @@ public enum TrainingBenchmark {
                       exposedWaitSecondsPerStep: median.exposedWaitPerStep,
                       backwardSpreadSecondsPerStep: median.backwardSpreadPerStep,
                       buckets: median.buckets, pipeline: pipeline, pipelineSteps: options.pipelineSteps)
+        if let cpuBefore, let cpuAfter = CPUTimeSample.now() { report.stealShare = cpuAfter.stealShare(since: cpuBefore) }
+        return report
     }
 
     struct Measurement {
@@ -330,6 +336,8 @@ public enum TrainingBenchmark {
         var lines: [String] = []
         lines.append("model: probe MLP, \(report.parameters) parameters (\(report.buckets) gradient buckets), 1 thread per rank")
         lines.append("multi-rank transport: \(report.ranks) ranks, \(report.transport)")
+        lines.append("host steal over the benchmark: " + (report.stealShare.map { String(format: "%.1f%% of CPU time", $0 * 100) } ?? "unknown")
+                     + " (a stolen vCPU stalls its rank, and the other rank waits)")
         lines.append("")
         lines.append("ranks  samples/s (median of \(report.singleRounds.count) alternating rounds)  scaling efficiency  rounds")
         lines.append("-----  ---------  ------------------  ------")
