@@ -92,6 +92,9 @@ final class WireMessageCodingTests: XCTestCase {
             #"{"id":"1","prompt":"nul \u0000 inside"}"#,                 // a NUL character
             #"{"id":"1","prompt":"lone \ud800 surrogate"}"#,
             #"{"id":"1","prompt":"p","seed":-1}"#,
+            #"{"id":"1","prompt":"p","seed":-0}"#,                     // a sign on an unsigned field
+            #"{"id":"1","prompt":"p","guidance_scale":1e-400}"#,         // a number that underflows to zero
+            #"{"id":"1","prompt":"p","guidance_scale":1e400}"#,          // or overflows
             #"{"id":"1","prompt":"p","width":99999999999999999999}"#,
             #"{"id":"1","prompt":"p"} trailing"#,
             #"{"id":"1","prompt":"p",}"#,

@@ -206,7 +206,8 @@ struct JSONScanner {
     /// A plain non-negative integer that fits `UInt64`.
     mutating func uint64() throws -> UInt64 {
         let (token, isInteger) = try numberToken()
-        guard isInteger, let (magnitude, negative) = integerValue(token), !negative || magnitude == 0 else { throw Unsupported() }
+        // Any sign, even "-0", is JSONDecoder's to judge for an unsigned field.
+        guard isInteger, token.first != UInt8(ascii: "-"), let (magnitude, _) = integerValue(token) else { throw Unsupported() }
         return magnitude
     }
 
@@ -214,6 +215,10 @@ struct JSONScanner {
     mutating func double() throws -> Double {
         let (token, _) = try numberToken()
         guard let value = Double(String(decoding: token, as: UTF8.self)), value.isFinite else { throw Unsupported() }
+        // A non-zero number that rounds to zero (1e-400) is JSONDecoder's to judge too.
+        if value == 0, token.prefix { $0 != UInt8(ascii: "e") && $0 != UInt8(ascii: "E") }.contains(where: { (UInt8(ascii: "1")...UInt8(ascii: "9")).contains($0) }) {
+            throw Unsupported()
+        }
         return value
     }
 }
