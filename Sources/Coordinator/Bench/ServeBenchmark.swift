@@ -136,6 +136,7 @@ public enum ServeBenchmark {
         try socket.connect(frontend)
         let batchesBefore = metrics.batchSize.snapshot(), workerBefore = metrics.dispatchOverhead.snapshot()
         var phase = ServeBenchmarkReport.Phase(name: name)
+        let pacing = try PollWakeTimer()
         let cpuBefore = CPUTimeSample.now()
         var sentAt: [String: Double] = [:]
         let start = MonotonicClock.now()
@@ -164,7 +165,7 @@ public enum ServeBenchmark {
                 break
             }
             let wait = rate != nil && now < end ? max(0, next - MonotonicClock.now()) : 0.05
-            let readable = try ZMQSocket.pollReadable([socket], timeout: Int((wait * 1000).rounded(.up)))
+            let readable = try pollPaced([socket], wait: wait, timer: pacing)
             guard readable[0] else { continue }
             // Stamp every waiting reply before decoding any: the client's own JSON work is not the
             // scheduler's overhead, and would otherwise delay the stamps of a batch's later replies.
@@ -217,6 +218,7 @@ public enum ServeBenchmark {
         defer { dealer.close() }
         try dealer.connect(endpoint)
         var trips: [Double] = []
+        let pacing = try PollWakeTimer()
         let payload = Data(repeating: 7, count: 200)
         let end = MonotonicClock.now() + seconds
         var next = MonotonicClock.now()
@@ -230,8 +232,7 @@ public enum ServeBenchmark {
                 next += 1 / rate
                 now = MonotonicClock.now()
             }
-            let wait = max(0, next - now)
-            guard try ZMQSocket.pollReadable([dealer], timeout: Int((wait * 1000).rounded(.up))).first == true else { continue }
+            guard try pollPaced([dealer], wait: max(0, next - now), timer: pacing)[0] else { continue }
             while let message = try dealer.receive(dontWait: true), message.frames.first?.count == 8 {
                 let sent = message.frames[0].withUnsafeBytes { Double(bitPattern: $0.loadUnaligned(as: UInt64.self)) }
                 trips.append((MonotonicClock.now() - sent) * 1000)
@@ -239,6 +240,16 @@ public enum ServeBenchmark {
             }
         }
         return trips
+    }
+
+    /// Polls `sockets` for at most `wait` seconds, to the microsecond: an open-loop client that
+    /// rounded its wait up to zmq_poll's whole milliseconds would send late and then in bursts
+    /// of two, and the second request of a burst queues behind the first at every hop.
+    private static func pollPaced(_ sockets: [ZMQSocket], wait: Double, timer: PollWakeTimer) throws -> [Bool] {
+        if wait > 0 { timer.arm(after: wait) }
+        let readable = try ZMQSocket.pollReadable(sockets, fds: [timer.fd], timeout: wait > 0 ? Int((wait * 1000).rounded(.up)) + 1 : 0)
+        if readable[sockets.count] { timer.acknowledge() }
+        return Array(readable.prefix(sockets.count))
     }
 
     /// The p-th percentile (0…100) of `values`, nearest rank.
