@@ -3,8 +3,8 @@ import Foundation
 /// Writes a JSON object straight into bytes, for the messages sent per request
 /// (`DirectlyWrittenWireMessage`): Foundation's `JSONEncoder` spends ≈ 10 µs on a `RESULT` header
 /// (reflection over the Codable tree, key sorting), a batch of 8 replies 80 µs of the loop that
-/// every other message waits behind, and ≈ 50 µs on a `BATCH` of 8. Callers add fields in sorted key order, as `WireProtocol.encode` sorts them, and
-/// the output parses to the same values.
+/// every other message waits behind, and ≈ 50 µs on a `BATCH` of 8. Callers add fields in sorted
+/// key order, as `WireProtocol.encode` sorts them, and the output parses to the same values.
 struct JSONObjectWriter {
     private var bytes: [UInt8] = [UInt8(ascii: "{")]
     /// False once a value had no JSON form (a non-finite number): the caller must fall back.

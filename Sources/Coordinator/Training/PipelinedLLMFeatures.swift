@@ -37,9 +37,9 @@ enum PipelinedLLMFeatures {
         }
         let d = encoder.width, l = encoder.maxLength
         let rowSize = l * (d + 1)
-        var values = try share(Array(prompts[own]), encoder: encoder, communicator: communicator, chunk: chunk, topology: topology,
-                               file: file, label: runs.count > 1 ? "LLM features (pipeline, replica \(replicas!.rank)'s share)" : "LLM features (pipeline)",
-                               log: log)
+        let label = runs.count > 1 ? "LLM features (pipeline, replica \(replicas?.rank ?? 0)'s share)" : "LLM features (pipeline)"
+        var values = try share(Array(prompts[own]), encoder: encoder, communicator: communicator, chunk: chunk,
+                               topology: topology, file: file, label: label, log: log)
         if let replicas, runs.count > 1 {
             values = try RankShares.assemble(values, rowSize: rowSize, runs: runs, count: prompts.count, communicator: replicas)
         }
