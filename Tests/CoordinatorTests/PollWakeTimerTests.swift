@@ -55,4 +55,25 @@ final class PollWakeTimerTests: XCTestCase {
         }
         XCTAssertEqual(readable, [true, false])
     }
+
+    /// `poll(_:wait:)`: a quiet socket returns after the wait with the expiry consumed, a socket
+    /// with a message reports it, and no wait polls at once.
+    func testPollWaitsForTheTimerOrASocket() throws {
+        let context = try ZMQContext()
+        let router = try ZMQSocket(context: context, kind: .router)
+        let dealer = try ZMQSocket(context: context, kind: .dealer)
+        defer {
+            dealer.close()
+            router.close()
+        }
+        try dealer.connect(try router.bind("tcp://127.0.0.1:*"))
+        let timer = try PollWakeTimer()
+        XCTAssertEqual(try timer.poll([router], wait: 0.0005), [false])
+        XCTAssertEqual(try ZMQSocket.pollReadable([], fds: [timer.fd], timeout: 0), [false], "the expiry was consumed")
+        XCTAssertEqual(try timer.poll([router], wait: 0), [false])
+        try dealer.send([Data("hello".utf8)])
+        var readable = [false]
+        for _ in 0..<100 where !readable[0] { readable = try timer.poll([router], wait: 0.1) }
+        XCTAssertEqual(readable, [true])
+    }
 }

@@ -165,7 +165,9 @@ public enum ServeBenchmark {
                 break
             }
             let wait = rate != nil && now < end ? max(0, next - MonotonicClock.now()) : 0.05
-            let readable = try pollPaced([socket], wait: wait, timer: pacing)
+            // To the microsecond: a client that rounded its wait up to whole milliseconds would
+            // send late and then in bursts of two, the second queueing behind the first at every hop.
+            let readable = try pacing.poll([socket], wait: wait)
             guard readable[0] else { continue }
             // Stamp every waiting reply before decoding any: the client's own JSON work is not the
             // scheduler's overhead, and would otherwise delay the stamps of a batch's later replies.
@@ -232,7 +234,7 @@ public enum ServeBenchmark {
                 next += 1 / rate
                 now = MonotonicClock.now()
             }
-            guard try pollPaced([dealer], wait: max(0, next - now), timer: pacing)[0] else { continue }
+            guard try pacing.poll([dealer], wait: max(0, next - now))[0] else { continue }
             while let message = try dealer.receive(dontWait: true), message.frames.first?.count == 8 {
                 let sent = message.frames[0].withUnsafeBytes { Double(bitPattern: $0.loadUnaligned(as: UInt64.self)) }
                 trips.append((MonotonicClock.now() - sent) * 1000)
@@ -240,16 +242,6 @@ public enum ServeBenchmark {
             }
         }
         return trips
-    }
-
-    /// Polls `sockets` for at most `wait` seconds, to the microsecond: an open-loop client that
-    /// rounded its wait up to zmq_poll's whole milliseconds would send late and then in bursts
-    /// of two, and the second request of a burst queues behind the first at every hop.
-    private static func pollPaced(_ sockets: [ZMQSocket], wait: Double, timer: PollWakeTimer) throws -> [Bool] {
-        if wait > 0 { timer.arm(after: wait) }
-        let readable = try ZMQSocket.pollReadable(sockets, fds: [timer.fd], timeout: wait > 0 ? Int((wait * 1000).rounded(.up)) + 1 : 0)
-        if readable[sockets.count] { timer.acknowledge() }
-        return Array(readable.prefix(sockets.count))
     }
 
     /// The p-th percentile (0…100) of `values`, nearest rank.

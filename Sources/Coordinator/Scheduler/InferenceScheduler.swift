@@ -115,10 +115,8 @@ public final class InferenceScheduler: @unchecked Sendable {
         while true {
             var now = MonotonicClock.now()
             let wait = core.nextWakeup(now: now) - now
-            // The timer wakes the poll at the deadline itself; the millisecond timeout is only a backstop.
-            if wait > 0 { wakeTimer.arm(after: min(wait, 0.05)) }
-            let readable = try ZMQSocket.pollReadable([backend, frontend], fds: [wakeTimer.fd], timeout: wait <= 0 ? 0 : 51)
-            if readable[2] { wakeTimer.acknowledge() }
+            // Woken at the deadline itself, not at the next whole millisecond.
+            let readable = try wakeTimer.poll([backend, frontend], wait: min(wait, 0.05))
             if readable[0] { try drain(backend, maxBytes: 512 << 20) { self.handleBackend($0) } }
             if readable[1] { try drain(frontend, maxBytes: configuration.maxRequestBytes + 4096) { self.handleFrontend($0) } }
             now = MonotonicClock.now()

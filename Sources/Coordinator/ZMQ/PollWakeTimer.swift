@@ -34,6 +34,17 @@ public final class PollWakeTimer: @unchecked Sendable {
         timerfd_settime(fd, 0, &setting, nil)
     }
 
+    /// Waits until any of `sockets` has a message to read or `wait` seconds pass, to the
+    /// microsecond: the timer is armed for `wait` and polled beside the sockets (consumed when it
+    /// fired), with zmq_poll's own millisecond timeout only as a backstop. `wait` ≤ 0 polls
+    /// without waiting. Returns one readable flag per socket.
+    public func poll(_ sockets: [ZMQSocket], wait: Double) throws -> [Bool] {
+        if wait > 0 { arm(after: wait) }
+        let readable = try ZMQSocket.pollReadable(sockets, fds: [fd], timeout: wait > 0 ? Int((wait * 1000).rounded(.up)) + 1 : 0)
+        if readable[sockets.count] { acknowledge() }
+        return Array(readable.prefix(sockets.count))
+    }
+
     /// Consumes an expiry, so the fd is no longer readable until the timer fires again.
     public func acknowledge() {
         var expirations: UInt64 = 0
