@@ -46,16 +46,25 @@ struct JSONScanner {
         guard index == bytes.count else { throw Unsupported() }
     }
 
-    /// `{ "key": value, … }`: calls `field` with each key; it must read the value.
-    mutating func object(_ field: (inout JSONScanner, String) throws -> Void) throws {
+    /// `{ "key": value, … }`: calls `field` with each key; it must read the value (or throw for a
+    /// key it does not know). A repeated key is refused. Returns the number of keys, so with
+    /// unknown keys refused, a caller that needs all its n fields checks for n.
+    @discardableResult
+    mutating func object(_ field: (inout JSONScanner, String) throws -> Void) throws -> Int {
         try expect(UInt8(ascii: "{"))
-        if take(UInt8(ascii: "}")) { return }
+        if take(UInt8(ascii: "}")) { return 0 }
+        // A message has about ten keys: one allocation, and a linear search beats hashing them.
+        var keys: [String] = []
+        keys.reserveCapacity(16)
         repeat {
             let key = try string()
+            guard !keys.contains(key) else { throw Unsupported() }
+            keys.append(key)
             try expect(UInt8(ascii: ":"))
             try field(&self, key)
         } while take(UInt8(ascii: ","))
         try expect(UInt8(ascii: "}"))
+        return keys.count
     }
 
     /// `[ element, … ]`: calls `element` once per element; it must read it.

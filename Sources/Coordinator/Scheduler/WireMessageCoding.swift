@@ -14,39 +14,29 @@ protocol DirectlyWrittenWireMessage {
     var directJSON: Data? { get }
 }
 
-/// The fields of one object seen so far: a repeated key is refused (JSONDecoder decides what it means).
-private struct SeenFields {
-    private var bits: UInt32 = 0
-
-    mutating func insert(_ field: Int) throws {
-        guard bits & (1 << field) == 0 else { throw JSONScanner.Unsupported() }
-        bits |= 1 << field
-    }
-
-    func containsAll(_ count: Int) -> Bool { bits == (1 << count) - 1 }
-}
-
 extension SubmitBody: ScannedWireMessage {
     init(scanning scanner: inout JSONScanner) throws {
         var body = SubmitBody(id: "", prompt: "")
-        var seen = SeenFields(), required = SeenFields()
+        var id: String?, prompt: String?
         try scanner.object { scanner, key in
             switch key {
-            case "id": try seen.insert(0); try required.insert(0); body.id = try scanner.string()
-            case "prompt": try seen.insert(1); try required.insert(1); body.prompt = try scanner.string()
-            case "negative_prompt": try seen.insert(2); body.negativePrompt = scanner.null() ? nil : try scanner.string()
-            case "width": try seen.insert(3); body.width = scanner.null() ? nil : try scanner.int()
-            case "height": try seen.insert(4); body.height = scanner.null() ? nil : try scanner.int()
-            case "steps": try seen.insert(5); body.steps = scanner.null() ? nil : try scanner.int()
-            case "guidance_scale": try seen.insert(6); body.guidanceScale = scanner.null() ? nil : try scanner.double()
-            case "seed": try seen.insert(7); body.seed = scanner.null() ? nil : try scanner.uint64()
-            case "model": try seen.insert(8); body.model = scanner.null() ? nil : try scanner.string()
-            case "priority": try seen.insert(9); body.priority = scanner.null() ? nil : try scanner.int()
-            case "timeout_ms": try seen.insert(10); body.timeoutMs = scanner.null() ? nil : try scanner.int()
+            case "id": id = try scanner.string()
+            case "prompt": prompt = try scanner.string()
+            case "negative_prompt": body.negativePrompt = scanner.null() ? nil : try scanner.string()
+            case "width": body.width = scanner.null() ? nil : try scanner.int()
+            case "height": body.height = scanner.null() ? nil : try scanner.int()
+            case "steps": body.steps = scanner.null() ? nil : try scanner.int()
+            case "guidance_scale": body.guidanceScale = scanner.null() ? nil : try scanner.double()
+            case "seed": body.seed = scanner.null() ? nil : try scanner.uint64()
+            case "model": body.model = scanner.null() ? nil : try scanner.string()
+            case "priority": body.priority = scanner.null() ? nil : try scanner.int()
+            case "timeout_ms": body.timeoutMs = scanner.null() ? nil : try scanner.int()
             default: throw JSONScanner.Unsupported()
             }
         }
-        guard required.containsAll(2) else { throw JSONScanner.Unsupported() }
+        guard let id, let prompt else { throw JSONScanner.Unsupported() }
+        body.id = id
+        body.prompt = prompt
         self = body
     }
 }
@@ -54,22 +44,21 @@ extension SubmitBody: ScannedWireMessage {
 extension GenerationRequest {
     init(scanning scanner: inout JSONScanner) throws {
         var request = GenerationRequest(id: "", prompt: "")
-        var seen = SeenFields()
-        try scanner.object { scanner, key in
+        let fields = try scanner.object { scanner, key in
             switch key {
-            case "id": try seen.insert(0); request.id = try scanner.string()
-            case "prompt": try seen.insert(1); request.prompt = try scanner.string()
-            case "negative_prompt": try seen.insert(2); request.negativePrompt = try scanner.string()
-            case "width": try seen.insert(3); request.width = try scanner.int()
-            case "height": try seen.insert(4); request.height = try scanner.int()
-            case "steps": try seen.insert(5); request.steps = try scanner.int()
-            case "guidance_scale": try seen.insert(6); request.guidanceScale = try scanner.double()
-            case "seed": try seen.insert(7); request.seed = try scanner.uint64()
-            case "model": try seen.insert(8); request.model = try scanner.string()
+            case "id": request.id = try scanner.string()
+            case "prompt": request.prompt = try scanner.string()
+            case "negative_prompt": request.negativePrompt = try scanner.string()
+            case "width": request.width = try scanner.int()
+            case "height": request.height = try scanner.int()
+            case "steps": request.steps = try scanner.int()
+            case "guidance_scale": request.guidanceScale = try scanner.double()
+            case "seed": request.seed = try scanner.uint64()
+            case "model": request.model = try scanner.string()
             default: throw JSONScanner.Unsupported()
             }
         }
-        guard seen.containsAll(9) else { throw JSONScanner.Unsupported() }
+        guard fields == 9 else { throw JSONScanner.Unsupported() }
         self = request
     }
 
@@ -91,17 +80,15 @@ extension BatchBody: ScannedWireMessage, DirectlyWrittenWireMessage {
     init(scanning scanner: inout JSONScanner) throws {
         var batchID: UInt64 = 0
         var requests: [GenerationRequest] = []
-        var seen = SeenFields()
-        try scanner.object { scanner, key in
+        let fields = try scanner.object { scanner, key in
             switch key {
-            case "batch_id": try seen.insert(0); batchID = try scanner.uint64()
+            case "batch_id": batchID = try scanner.uint64()
             case "requests":
-                try seen.insert(1)
                 try scanner.array { scanner in requests.append(try GenerationRequest(scanning: &scanner)) }
             default: throw JSONScanner.Unsupported()
             }
         }
-        guard seen.containsAll(2) else { throw JSONScanner.Unsupported() }
+        guard fields == 2 else { throw JSONScanner.Unsupported() }
         self.init(batchID: batchID, requests: requests)
     }
 
@@ -118,31 +105,28 @@ extension WorkerResultBody: ScannedWireMessage, DirectlyWrittenWireMessage {
         var batchID: UInt64 = 0
         var execMs = 0.0
         var images: [Image] = []
-        var seen = SeenFields()
-        try scanner.object { scanner, key in
+        let fields = try scanner.object { scanner, key in
             switch key {
-            case "batch_id": try seen.insert(0); batchID = try scanner.uint64()
-            case "exec_ms": try seen.insert(1); execMs = try scanner.double()
+            case "batch_id": batchID = try scanner.uint64()
+            case "exec_ms": execMs = try scanner.double()
             case "images":
-                try seen.insert(2)
                 try scanner.array { scanner in
                     var image = Image(id: "", width: 0, height: 0)
-                    var imageSeen = SeenFields()
-                    try scanner.object { scanner, key in
+                    let imageFields = try scanner.object { scanner, key in
                         switch key {
-                        case "id": try imageSeen.insert(0); image.id = try scanner.string()
-                        case "width": try imageSeen.insert(1); image.width = try scanner.int()
-                        case "height": try imageSeen.insert(2); image.height = try scanner.int()
+                        case "id": image.id = try scanner.string()
+                        case "width": image.width = try scanner.int()
+                        case "height": image.height = try scanner.int()
                         default: throw JSONScanner.Unsupported()
                         }
                     }
-                    guard imageSeen.containsAll(3) else { throw JSONScanner.Unsupported() }
+                    guard imageFields == 3 else { throw JSONScanner.Unsupported() }
                     images.append(image)
                 }
             default: throw JSONScanner.Unsupported()
             }
         }
-        guard seen.containsAll(3) else { throw JSONScanner.Unsupported() }
+        guard fields == 3 else { throw JSONScanner.Unsupported() }
         self.init(batchID: batchID, execMs: execMs, images: images)
     }
 
@@ -162,23 +146,22 @@ extension WorkerResultBody: ScannedWireMessage, DirectlyWrittenWireMessage {
 extension ResultHeader: ScannedWireMessage, DirectlyWrittenWireMessage {
     init(scanning scanner: inout JSONScanner) throws {
         var header = ResultHeader(id: "", width: 0, height: 0, seed: 0, queueMs: 0, execMs: 0, totalMs: 0, batchSize: 0, worker: "", attempts: 0)
-        var seen = SeenFields()
-        try scanner.object { scanner, key in
+        let fields = try scanner.object { scanner, key in
             switch key {
-            case "id": try seen.insert(0); header.id = try scanner.string()
-            case "width": try seen.insert(1); header.width = try scanner.int()
-            case "height": try seen.insert(2); header.height = try scanner.int()
-            case "seed": try seen.insert(3); header.seed = try scanner.uint64()
-            case "queue_ms": try seen.insert(4); header.queueMs = try scanner.double()
-            case "exec_ms": try seen.insert(5); header.execMs = try scanner.double()
-            case "total_ms": try seen.insert(6); header.totalMs = try scanner.double()
-            case "batch_size": try seen.insert(7); header.batchSize = try scanner.int()
-            case "worker": try seen.insert(8); header.worker = try scanner.string()
-            case "attempts": try seen.insert(9); header.attempts = try scanner.int()
+            case "id": header.id = try scanner.string()
+            case "width": header.width = try scanner.int()
+            case "height": header.height = try scanner.int()
+            case "seed": header.seed = try scanner.uint64()
+            case "queue_ms": header.queueMs = try scanner.double()
+            case "exec_ms": header.execMs = try scanner.double()
+            case "total_ms": header.totalMs = try scanner.double()
+            case "batch_size": header.batchSize = try scanner.int()
+            case "worker": header.worker = try scanner.string()
+            case "attempts": header.attempts = try scanner.int()
             default: throw JSONScanner.Unsupported()
             }
         }
-        guard seen.containsAll(10) else { throw JSONScanner.Unsupported() }
+        guard fields == 10 else { throw JSONScanner.Unsupported() }
         self = header
     }
 
