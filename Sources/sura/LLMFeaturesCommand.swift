@@ -1,4 +1,5 @@
 import ArgumentParser
+import Coordinator
 import Data
 import Foundation
 import Models
@@ -23,7 +24,10 @@ enum FeatureField: String, ExpressibleByArgument, CaseIterable {
 ///   (JSON array of 0-based record indices) and `lines` (JSON array of 1-based manifest lines).
 /// - `index.json`, written last through a temporary file: `format`, `version`, `model`,
 ///   `manifest`, `layer`, `num_hidden_layers`, `field`, `count`, `hidden_size`, `max_length`,
-///   `shard_size`, `truncated`, and `shards` ([{file, count, first_record, max_length}]).
+///   `shard_size`, `truncated`, `prompts_fnv1a` (`LLMFeatureShards.promptsFingerprint` of the
+///   prompts in record order) and `shards` ([{file, count, first_record, max_length}]).
+///
+/// `train` reads the folder through `adapter.llm_features` (`LLMFeatureShards`).
 ///
 /// A run is resumable: a shard file already present with the same settings and records is kept,
 /// so an interrupted run continues where it stopped. Settings that differ are refused unless
@@ -33,7 +37,7 @@ struct FeaturesCommand: ParsableCommand {
         commandName: "features",
         abstract: "Cache one LLM hidden layer for every prompt of a dataset manifest (sharded safetensors + index.json).")
 
-    static let format = "sura-llm-features"
+    static let format = LLMFeatureShards.format
 
     @Option(help: "A Llama .gguf file or a transformers folder with tokenizer.json.")
     var model: String
@@ -156,6 +160,7 @@ struct FeaturesCommand: ParsableCommand {
             "layer": resolvedLayer, "num_hidden_layers": n, "field": field.rawValue, "count": ids.count,
             "hidden_size": c.hiddenSize, "max_length": limit, "shard_size": shardSize,
             "truncated": truncated.count, "shards": shards,
+            "prompts_fnv1a": LLMFeatureShards.promptsFingerprint(data.records.map { field == .text ? $0.text : $0.prompt }),
         ]
         do {
             let json = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])

@@ -291,6 +291,45 @@ final class AdapterTrainProcessTests: XCTestCase {
         XCTAssertTrue(refused.output.contains("topology.pp"), refused.output)
     }
 
+    /// SUR-adapter's practice, LLM features computed once: `sura features` over the whole
+    /// manifest, then `train` reads them through `adapter.llm_features` (only the empty prompt is
+    /// encoded) and gives the losses of computing them, to float rounding (other batches, so
+    /// other GEMM shapes); also on two data-parallel ranks. A folder of another layer is refused
+    /// naming the key.
+    func testStoredLLMFeaturesFromSuraFeaturesTrainLikeComputedOnes() throws {
+        let features = try run("sura", ["features", "--model", Self.llm.path, "--manifest", path("data"), "--layer=-1",
+                                        "--output", path("features"), "--shard-size", "5"])
+        XCTAssertEqual(features.status, 0, features.output)
+        let computed = try run("train", ["--config", try writeConfig("cross_adapter", output: "features-computed")])
+        XCTAssertEqual(computed.status, 0, computed.output)
+        func storedConfig(_ output: String, folder: String, dp: Int = 1) throws -> String {
+            try writeConfig("cross_adapter", output: output, dp: dp)
+                .replacingLine("llm_max_length: 16", with: "llm_max_length: 16\n  llm_features: \(path(folder))")
+        }
+        let stored = try run("train", ["--config", try storedConfig("features-stored", folder: "features")])
+        XCTAssertEqual(stored.status, 0, stored.output)
+        XCTAssertTrue(stored.output.contains("prompts read from \(path("features")), 1 encoded here"), stored.output)
+        XCTAssertFalse(stored.output.contains("tables stored in") && stored.output.contains("LLM layer"), stored.output)
+        let a = try losses("features-computed"), b = try losses("features-stored")
+        XCTAssertEqual(a.keys.sorted(), b.keys.sorted())
+        for (step, loss) in a { XCTAssertEqual(loss, try XCTUnwrap(b[step]), accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }
+
+        let mpi = try Self.launch(try TrainProcessTests.mpirun(),
+                                  TrainProcessTests.mpiFlags + ["-np", "2", try TrainProcessTests.executable("train"),
+                                                                "--config", try storedConfig("features-dp2", folder: "features", dp: 2)])
+        XCTAssertEqual(mpi.status, 0, mpi.output)
+        let c = try losses("features-dp2")
+        for (step, loss) in a { XCTAssertEqual(loss, try XCTUnwrap(c[step]), accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }
+
+        let other = try run("sura", ["features", "--model", Self.llm.path, "--manifest", path("data"), "--layer", "3",
+                                     "--output", path("features-layer3"), "--max-length", "16"])
+        XCTAssertEqual(other.status, 0, other.output)
+        let refused = try run("train", ["--config", try storedConfig("features-refused", folder: "features-layer3")])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.output.contains("adapter.llm_features") && refused.output.contains("the features are layer 3, adapter.llm_layer resolves to 30"),
+                      refused.output)
+    }
+
     /// MiniGPT-5's interleaved generation from the command line: a voken mapper trained with the
     /// LM loss writes a Markdown and an HTML document that start with the prompt; a checkpoint of
     /// another adapter type, or a voken mapper trained without the LM loss, is refused naming why.
@@ -332,6 +371,10 @@ final class AdapterTrainProcessTests: XCTestCase {
             ("adapter.config.output_dim", try writeConfig("cross_adapter", output: "bad-width", adapterConfig: "{heads: 4, output_dim: 256}"), "384"),
             ("adapter.config.hedas", try writeConfig("cross_adapter", output: "bad-key", adapterConfig: "{hedas: 4}"), "hedas"),
             ("adapter.config.input_dim", try writeConfig("ella", output: "bad-llm-width", adapterConfig: "{layers: 1, width: 64, input_dim: 512}"), "576"),
+            ("adapter.llm_features", try writeConfig("voken_mapper", output: "bad-features-type")
+                .replacingLine("llm_max_length: 16", with: "llm_max_length: 16\n  llm_features: /nowhere"), "voken states"),
+            ("adapter.llm_features", try writeConfig("ella", output: "bad-features-folder")
+                .replacingLine("llm_max_length: 16", with: "llm_max_length: 16\n  llm_features: /nowhere"), "/nowhere/index.json: cannot be read"),
         ]
         for (key, config, detail) in cases {
             let result = try run("train", ["--config", config])

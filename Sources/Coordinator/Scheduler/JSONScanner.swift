@@ -225,7 +225,7 @@ struct JSONScanner {
         let (token, _) = try numberToken()
         guard let value = Double(String(decoding: token, as: UTF8.self)), value.isFinite else { throw Unsupported() }
         // A non-zero number that rounds to zero (1e-400) is JSONDecoder's to judge too.
-        if value == 0, token.prefix { $0 != UInt8(ascii: "e") && $0 != UInt8(ascii: "E") }.contains(where: { (UInt8(ascii: "1")...UInt8(ascii: "9")).contains($0) }) {
+        if value == 0, token.prefix(while: { $0 != UInt8(ascii: "e") && $0 != UInt8(ascii: "E") }).contains(where: { (UInt8(ascii: "1")...UInt8(ascii: "9")).contains($0) }) {
             throw Unsupported()
         }
         return value

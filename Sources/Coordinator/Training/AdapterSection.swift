@@ -13,6 +13,7 @@ extension TrainingConfig {
     ///   llm_layer: -1                  # hidden state read: 0 embeddings … N after the final norm; <0 from the end
     ///   llm_max_length: 32             # LLM tokens kept per prompt
     ///   llm_lora: {rank: 8, alpha: 16, targets: [q_proj, v_proj]}   # optional: train the LLM too
+    ///   llm_features: cache/features   # optional: a `sura features` folder of the same LLM and layer
     ///   prompt_field: text             # which prompt the adapter sees: text (simple) or prompt (complex)
     ///   condition_dropout: 0.1         # chance a sample trains the unconditional branch
     ///   config: {heads: 8}             # the adapter's own keys (docs/config.md lists them)
@@ -28,6 +29,9 @@ extension TrainingConfig {
         /// LoRA on the LLM's projections, trained with the adapter (cross_adapter and ella);
         /// nil keeps the LLM frozen (its features are then computed once).
         public var llmLoRA: LlamaLoRAConfig?
+        /// A folder written by `sura features` whose rows replace computing the frozen LLM's
+        /// features (`LLMFeatureShards`); nil: `train` computes them.
+        public var llmFeatures: String?
         public var promptField = "text"
         public var conditionDropout: Double
         /// The adapter's own config keys as a JSON object.
@@ -52,7 +56,7 @@ extension TrainingConfig {
         }
 
         init(_ node: JobYAMLReader, type: AdapterType) throws {
-            try node.rejectUnknownKeys(allowed: ["base_model", "llm", "llm_layer", "llm_max_length", "llm_lora", "prompt_field",
+            try node.rejectUnknownKeys(allowed: ["base_model", "llm", "llm_layer", "llm_max_length", "llm_lora", "llm_features", "prompt_field",
                                                  "condition_dropout", "config", "loss", "export"])
             self.type = type
             guard let base = try node.string("base_model") else {
@@ -80,6 +84,16 @@ extension TrainingConfig {
                     throw lora.error(name, message)
                 }
                 llmLoRA = config
+            }
+            llmFeatures = try node.string("llm_features")
+            if llmFeatures != nil {
+                guard llm != nil else { throw node.error("llm_features", "needs adapter.llm, the model the features came from") }
+                guard llmLoRA == nil else {
+                    throw node.error("llm_features", "cannot be used with llm_lora: the LLM then trains and runs in every step")
+                }
+                guard type != .vokenMapper else {
+                    throw node.error("llm_features", "voken_mapper reads the voken states of its own prompts, not a stored hidden layer")
+                }
             }
             if let field = try node.string("prompt_field") {
                 guard ["text", "prompt"].contains(field) else {

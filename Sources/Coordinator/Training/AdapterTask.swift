@@ -137,12 +137,12 @@ public final class AdapterTask: TrainingTask {
         }
         if type == .vokenMapper, let llm {
             let count = (adapter as? VokenMapper)?.config.numVokens ?? 8
-            let mean = try withoutGrad { llm.llm.model.embedTokens.weight.mean(axes: [0], keepDims: true) }
+            let mean = withoutGrad { llm.llm.model.embedTokens.weight.mean(axes: [0], keepDims: true) }
             let rows = mean.expanded(to: [count, llm.width]).contiguous()
             vokens = rows
             if section.loss.lm > 0 {
                 // One frozen pass per prompt gives both the voken states and the LM examples.
-                let outputMean = try withoutGrad { llm.llm.lmHead.weight.mean(axes: [0], keepDims: true) }
+                let outputMean = withoutGrad { llm.llm.lmHead.weight.mean(axes: [0], keepDims: true) }
                 let head = VokenLanguageHead(initial: outputMean.expanded(to: [count, llm.width]).contiguous())
                 vokenHead = head
                 // One frozen pass per chunk gives the voken states [V, Dl] and LM example rows [P, Dl + 4] of each prompt.
@@ -177,7 +177,15 @@ public final class AdapterTask: TrainingTask {
             vokenHead = nil
             lmTable = nil
             let started = Date()
-            if let pipeline, pipeline.size > 1 {
+            if let path = section.llmFeatures {
+                let distinct = PromptFeatureTable.distinct(shown + [""])
+                // Every rank reads the folder; one that cannot stops them all.
+                func read() throws -> PromptFeatureTable {
+                    try Self.storedLLMTable(URL(fileURLWithPath: path), prompts: distinct, llm: llm, field: section.promptField,
+                                            fail: { fail("adapter.llm_features", $0) }, log: log)
+                }
+                llmTable = try agreement.map { try $0("reading adapter.llm_features") { try read() } } ?? read()
+            } else if let pipeline, pipeline.size > 1 {
                 // Every rank must have loaded its models before the stages start exchanging activations.
                 try agreement?("loading the models") {}
                 // Bitwise the pp = 1 table, so both share one cache entry.
@@ -226,6 +234,31 @@ public final class AdapterTask: TrainingTask {
     /// Prompts per LLM forward pass (the same chunks with and without a pipeline, so the
     /// features are bitwise equal).
     static let llmChunk = 32
+
+    /// The LLM table [N, Ll, Dl + 1] of `prompts` from a `sura features` folder; the prompts it
+    /// lacks (at least the empty one) are encoded here, in `llmChunk`s.
+    static func storedLLMTable(_ folder: URL, prompts: [String], llm: LLMPromptEncoder, field: String,
+                               fail: (String) -> TrainingError, log: (String) -> Void) throws -> PromptFeatureTable {
+        let started = Date()
+        do {
+            let shards = try LLMFeatureShards(directory: folder)
+            try shards.check(model: llm.source, layer: llm.layer, field: field, hiddenSize: llm.width)
+            let (table, computed) = try shards.table(prompts: prompts, tokenCounts: prompts.map { llm.tokens($0).count },
+                                                     maxLength: llm.maxLength) { missing in
+                var parts: [Tensor] = []
+                for start in stride(from: 0, to: missing.count, by: llmChunk) {
+                    let (hidden, mask) = try llm.encode(Array(missing[start ..< min(start + llmChunk, missing.count)]))
+                    parts.append(Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2))
+                }
+                return parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0)
+            }
+            log(String(format: "LLM features: %d of %d prompts read from %@, %d encoded here (not stored there, or stored shorter than llm_max_length), %.1f s",
+                       prompts.count - computed, prompts.count, folder.path, computed, Date().timeIntervalSince(started)))
+            return table
+        } catch let error as LLMFeatureShardsError {
+            throw fail(error.message)
+        }
+    }
 
     func prompt(_ record: DatasetRecord) -> String { section.promptField == "text" ? record.text : record.prompt }
 

@@ -26,7 +26,7 @@ public final class TrainingOutputs {
         do {
             try fm.createDirectory(at: logURL.deletingLastPathComponent(), withIntermediateDirectories: true)
             if rank == 0 { try fm.createDirectory(at: directory.appendingPathComponent("checkpoints", isDirectory: true), withIntermediateDirectories: true) }
-            if !fm.fileExists(atPath: logURL.path) { fm.createFile(atPath: logURL.path, contents: nil) }
+            if !fm.fileExists(atPath: logURL.path) { _ = fm.createFile(atPath: logURL.path, contents: nil) }
             logHandle = try FileHandle(forWritingTo: logURL)
             logHandle?.seekToEndOfFile()
         } catch {
@@ -60,7 +60,7 @@ public final class TrainingOutputs {
 
     private func append(_ line: [String: Any], to url: URL) {
         guard let data = try? JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]) else { return }
-        if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: url.path) { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
         if let handle = try? FileHandle(forWritingTo: url) {
             handle.seekToEndOfFile()
             handle.write(data + Data("\n".utf8))
