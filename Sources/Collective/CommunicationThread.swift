@@ -122,9 +122,10 @@ final class CommunicationThread {
         started = true
         let queue = self.queue
         let thread = Thread { queue.drain() }
-        thread.name = name
         thread.stackSize = 1 << 20
         thread.start()
+        // After start(): Foundation on Linux drops a name set before the thread has a handle.
+        thread.name = name
     }
 }
 

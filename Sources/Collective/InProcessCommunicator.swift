@@ -42,9 +42,9 @@ public final class InProcessGroup {
                 }
                 finished.signal()
             }
-            thread.name = "rank \(communicator.rank)"
             thread.stackSize = 4 << 20
             thread.start()
+            thread.name = "rank \(communicator.rank)"
         }
         for _ in communicators { finished.wait() }
         if let error = failures.first { throw error }

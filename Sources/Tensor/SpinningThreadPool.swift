@@ -93,8 +93,9 @@ final class SpinningThreadPool: @unchecked Sendable {
         while workerCount < count {
             workerCount += 1
             let thread = Thread { [unowned self] in self.workerLoop() }
-            thread.name = "sura-parallel-\(workerCount)"
             thread.start()
+            // After start(): Foundation on Linux drops a name set before the thread has a handle.
+            thread.name = "sura-pool-\(workerCount)"
         }
     }
 

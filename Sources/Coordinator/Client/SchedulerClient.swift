@@ -68,8 +68,8 @@ public final class SchedulerClient: @unchecked Sendable {
         try dealer.connect(endpoint)
         let mailbox = self.mailbox
         thread = Thread { ClientMailbox.loop(inbox: inbox, dealer: dealer, mailbox: mailbox) }
-        thread.name = "sura-scheduler-client"
         thread.start()
+        thread.name = "sura-client"
     }
 
     deinit { close() }

@@ -153,9 +153,9 @@ public final class HTTPServer: @unchecked Sendable {
         listener = fd
         // Threads hold the server strongly: it lives until they finish, whoever releases it.
         let thread = Thread { self.acceptLoop() }
-        thread.name = "sura-http-accept"
         acceptThread = thread
         thread.start()
+        thread.name = "sura-accept"
     }
 
     /// Stops accepting; open connections finish their current request.
@@ -198,8 +198,8 @@ public final class HTTPServer: @unchecked Sendable {
                 self.active -= 1
                 self.lock.unlock()
             }
-            thread.name = "sura-http-connection"
             thread.start()
+            thread.name = "sura-http-conn"
         }
     }
 }

@@ -161,8 +161,8 @@ final class ZAPHandler: @unchecked Sendable {
         }
         let flag = stopFlag
         thread = Thread { ZAPHandler.serve(socket: socket, authorizer: authorizer, stop: flag, log: log) }
-        thread.name = "sura-zap-handler"
         thread.start()
+        thread.name = "sura-zap"
     }
 
     deinit { stop() }
