@@ -56,6 +56,51 @@ final class InProcessServingTests: XCTestCase {
         XCTAssertEqual(cluster.metrics.value("sura_worker_deaths_total"), 0, "a slow worker is not a dead worker")
     }
 
+    /// A batch that returns within milliseconds runs on the worker's own thread (no handoff to
+    /// another thread and back); a model's batch runs on the batch runner's thread, so the
+    /// worker's thread stays free to heartbeat. Failures come back the same way on both.
+    func testQuickBatchesRunOnTheWorkersThreadAndModelBatchesOnTheRunner() throws {
+        final class ThreadRecordingExecutor: InferenceBatchExecutor {
+            let inner = NullImageExecutor(failingPrompt: "explode")
+            let quick: Bool
+            private let lock = NSLock()
+            private var names: [String] = []
+            init(quick: Bool) { self.quick = quick }
+            var returnsWithinMilliseconds: Bool { quick }
+            var threads: [String] { lock.lock(); defer { lock.unlock() }; return names }
+            func run(batch: [GenerationRequest]) throws -> [GeneratedImage] {
+                // The kernel's name of this thread, which is what debuggers and top show.
+                let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?
+                    .trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
+                lock.lock(); names.append(name); lock.unlock()
+                return try inner.run(batch: batch)
+            }
+        }
+        XCTAssertTrue(NullImageExecutor().returnsWithinMilliseconds)
+        XCTAssertTrue(NullImageExecutor(batchDelay: 0.002).returnsWithinMilliseconds)
+        XCTAssertFalse(NullImageExecutor(batchDelay: 0.8).returnsWithinMilliseconds)
+        for quick in [true, false] {
+            let cluster = try InProcessCluster()
+            defer { cluster.stop() }
+            let executor = ThreadRecordingExecutor(quick: quick)
+            try cluster.addWorker(name: quick ? "quick" : "model", executor: executor)
+            XCTAssertTrue(cluster.waitForWorkers(1))
+            let client = try SchedulerClient(endpoint: cluster.scheduler.frontendEndpoint, context: cluster.context)
+            defer { client.close() }
+            guard case .image = try client.submit(SubmitBody(id: "a", prompt: "fine"), timeout: 10) else { return XCTFail("no image") }
+            guard case .error = try client.submit(SubmitBody(id: "b", prompt: "explode"), timeout: 10) else { return XCTFail("no error") }
+            guard case .image = try client.submit(SubmitBody(id: "c", prompt: "fine again"), timeout: 10) else { return XCTFail("no image") }
+            let threads = executor.threads
+            XCTAssertGreaterThanOrEqual(threads.count, 3)
+            XCTAssertEqual(Set(threads).count, 1, "\(threads)")
+            if quick {
+                XCTAssertFalse(threads.contains("sura-runner"), "\(threads)")
+            } else {
+                XCTAssertEqual(threads.first, "sura-runner")
+            }
+        }
+    }
+
     func testExecutorFailureIsRetriedOnceThenReportedToTheClient() throws {
         let cluster = try InProcessCluster()
         defer { cluster.stop() }

@@ -160,17 +160,7 @@ public final class InferenceWorkerClient: @unchecked Sendable {
 
             if readable[0], let outcome = runner.takeOutcome() {
                 busyBatch = nil
-                lock.lock()
-                if case .images(let images, _) = outcome.result { counters.batches += 1; counters.images += images.count } else { counters.failures += 1 }
-                lock.unlock()
-                if let socket {
-                    // A READY still owed goes at the top of the next pass, before the next poll.
-                    if !((try? socket.send(outcome.frames(), dontWait: true)) ?? false) {
-                        log("worker \(configuration.name): result of batch \(outcome.batchID) could not be sent; the scheduler re-queues it")
-                    }
-                } else {
-                    log("worker \(configuration.name): scheduler unreachable, result of batch \(outcome.batchID) dropped (it was re-queued)")
-                }
+                deliver(outcome, on: socket)
             }
             if readable.count > 1, readable[1], let current = socket {
                 while let message = try current.receive(dontWait: true, maxFrames: 8, maxBytes: 64 << 20) {
@@ -196,6 +186,21 @@ public final class InferenceWorkerClient: @unchecked Sendable {
         }
     }
 
+    /// Counts a finished batch and sends its RESULT or FAILED. A READY still owed goes at the
+    /// top of the loop's next pass, before the next poll.
+    private func deliver(_ outcome: BatchRunner.Outcome, on socket: ZMQSocket?) {
+        lock.lock()
+        if case .images(let images, _) = outcome.result { counters.batches += 1; counters.images += images.count } else { counters.failures += 1 }
+        lock.unlock()
+        if let socket {
+            if !((try? socket.send(outcome.frames(), dontWait: true)) ?? false) {
+                log("worker \(configuration.name): result of batch \(outcome.batchID) could not be sent; the scheduler re-queues it")
+            }
+        } else {
+            log("worker \(configuration.name): scheduler unreachable, result of batch \(outcome.batchID) dropped (it was re-queued)")
+        }
+    }
+
     private func handle(_ message: ZMQMessage, socket: ZMQSocket, busyBatch: inout UInt64?, owesReady: inout Bool) {
         do {
             let (command, payload) = try WireProtocol.parse(message.frames)
@@ -208,6 +213,8 @@ public final class InferenceWorkerClient: @unchecked Sendable {
                 if let running = busyBatch {
                     try socket.send(WireProtocol.frames(WireProtocol.failed, [WireProtocol.encode(FailedBody(
                         batchID: body.batchID, message: "worker \(configuration.name) is still running batch \(running)"))]), dontWait: true)
+                } else if runner.runsOnCallerThread {
+                    deliver(runner.run(body), on: socket)
                 } else {
                     busyBatch = body.batchID
                     runner.start(body)
@@ -271,9 +278,9 @@ final class BatchRunner: @unchecked Sendable {
         signal = try ZMQSocket(context: context, kind: .pair)
         try signal.connect(address)
         let thread = Thread { [unowned self] in self.loop() }
-        thread.name = "sura-batch-runner"
         self.thread = thread
         thread.start()
+        thread.name = "sura-runner"
     }
 
     func start(_ batch: BatchBody) {
@@ -314,25 +321,34 @@ final class BatchRunner: @unchecked Sendable {
             job = nil
             condition.unlock()
 
-            let started = MonotonicClock.now()
-            var result: Outcome.Result
-            do {
-                let images = try executor.run(batch: batch.requests)
-                let elapsed = (MonotonicClock.now() - started) * 1000
-                if images.count != batch.requests.count {
-                    result = .failure("\(InferenceExecutionError.resultCountMismatch(expected: batch.requests.count, got: images.count))", execMs: elapsed)
-                } else if let wrong = zip(images, batch.requests).first(where: { $0.0.requestID != $0.1.id }) {
-                    result = .failure("executor returned image '\(wrong.0.requestID)' where '\(wrong.1.id)' was expected", execMs: elapsed)
-                } else {
-                    result = .images(images, execMs: elapsed)
-                }
-            } catch {
-                result = .failure("\(error)", execMs: (MonotonicClock.now() - started) * 1000)
-            }
+            let finished = run(batch)
             condition.lock()
-            outcome = Outcome(batchID: batch.batchID, result: result)
+            outcome = finished
             condition.unlock()
             _ = try? signal.send([Data([1])])
+        }
+    }
+
+    /// Whether the worker runs batches itself (`run`) instead of handing them to this thread.
+    var runsOnCallerThread: Bool { executor.returnsWithinMilliseconds }
+
+    /// Runs `batch` on the calling thread and checks that the images answer its requests in order.
+    func run(_ batch: BatchBody) -> Outcome {
+        let started = MonotonicClock.now()
+        do {
+            let images = try executor.run(batch: batch.requests)
+            let elapsed = (MonotonicClock.now() - started) * 1000
+            if images.count != batch.requests.count {
+                return Outcome(batchID: batch.batchID, result: .failure(
+                    "\(InferenceExecutionError.resultCountMismatch(expected: batch.requests.count, got: images.count))", execMs: elapsed))
+            }
+            if let wrong = zip(images, batch.requests).first(where: { $0.0.requestID != $0.1.id }) {
+                return Outcome(batchID: batch.batchID, result: .failure(
+                    "executor returned image '\(wrong.0.requestID)' where '\(wrong.1.id)' was expected", execMs: elapsed))
+            }
+            return Outcome(batchID: batch.batchID, result: .images(images, execMs: elapsed))
+        } catch {
+            return Outcome(batchID: batch.batchID, result: .failure("\(error)", execMs: (MonotonicClock.now() - started) * 1000))
         }
     }
 }

@@ -8,6 +8,16 @@ import Foundation
 /// scheduler retries it once on another worker, then reports the error to the clients).
 public protocol InferenceBatchExecutor: AnyObject {
     func run(batch: [GenerationRequest]) throws -> [GeneratedImage]
+
+    /// True when every batch returns within a few milliseconds, so the worker may run it on the
+    /// thread that talks to the scheduler: a pause that short delays no heartbeat noticeably,
+    /// and the result leaves without two thread handoffs. A model's seconds-long batch must
+    /// answer false (the default), so the worker keeps heartbeating while it runs.
+    var returnsWithinMilliseconds: Bool { get }
+}
+
+extension InferenceBatchExecutor {
+    public var returnsWithinMilliseconds: Bool { false }
 }
 
 /// Why an executor could not produce a batch.

@@ -25,6 +25,10 @@ public final class NullImageExecutor: InferenceBatchExecutor, @unchecked Sendabl
         self.failingPrompt = failingPrompt
     }
 
+    /// Without a delay, or with one of at most 10 ms for a batch of 8, a batch is quick enough
+    /// to run on the worker's own thread.
+    public var returnsWithinMilliseconds: Bool { batchDelay + 8 * perImageDelay <= 0.01 }
+
     /// One PNG per request, in order, after the configured delay.
     public func run(batch: [GenerationRequest]) throws -> [GeneratedImage] {
         for request in batch {
