@@ -54,6 +54,22 @@ public enum Threads {
             current = max(1, newValue)
         }
     }
+
+    /// Results bitwise independent of `count` (`--deterministic`, or `SURA_DETERMINISTIC=1`).
+    ///
+    /// OpenBLAS's result for an output element depends on the band of the GEMM call it falls in,
+    /// so splitting a GEMM over more threads, or cutting a convolution into tiles sized by the
+    /// thread count, changes the last bits. With this set, GEMMs are cut into pieces by their
+    /// shape alone (up to `deterministicPieces`, which the threads then share) and convolution
+    /// tiles into fixed sizes: one thread pays for the extra calls (a few per cent in GEMM-bound
+    /// work), and a run gives the same bits on 1, 2 or 8 cores. Every other parallel loop of
+    /// Sura already computes each output element on one thread in a fixed order.
+    nonisolated(unsafe) public static var deterministic: Bool =
+        ProcessInfo.processInfo.environment["SURA_DETERMINISTIC"].map { $0 == "1" || $0.lowercased() == "true" } ?? false
+
+    /// The most pieces a GEMM is cut into when `deterministic`: as many threads as take part
+    /// in one GEMM.
+    public static let deterministicPieces = 8
 }
 
 /// Runs `body(start, end)` over `0..<total` split into at most `Threads.count` contiguous chunks.

@@ -8,7 +8,9 @@ import COpenBLAS
 //
 // A call is cut along its larger output dimension into at most `Threads.count` contiguous
 // pieces (whole multiples of 16 rows or columns, the width of the AVX-512 kernels), each at
-// least `minimumPieceWork` multiply-adds, so a small GEMM stays on the calling thread.
+// least `minimumPieceWork` multiply-adds, so a small GEMM stays on the calling thread. With
+// `Threads.deterministic` the count is `Threads.deterministicPieces` instead, so the pieces (and
+// with them every bit of the result) do not depend on the threads.
 
 /// Multiply-adds below which splitting a GEMM costs more (waking a thread, repacking the
 /// shared operand per piece) than it saves.
@@ -20,7 +22,8 @@ let minimumGemvPieceWork = 1 << 15
 /// How many pieces `total` output rows or columns of `work` multiply-adds split into.
 @inline(__always)
 private func pieceCount(_ total: Int, work: Int, minimum: Int = minimumPieceWork) -> Int {
-    let threads = Threads.count
+    // Deterministic: the cut depends on the shape only, whatever the threads that share it.
+    let threads = Threads.deterministic ? Threads.deterministicPieces : Threads.count
     if threads <= 1 || total < 32 { return 1 }
     return Swift.max(1, Swift.min(threads, work / minimum, total / 16))
 }

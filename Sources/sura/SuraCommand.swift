@@ -19,12 +19,16 @@ struct ComputeOptions: ParsableArguments {
     @Option(name: .long, help: "Threads for BLAS and Sura's parallel loops (default: SURA_THREADS, else the cores this process may run on).")
     var threads: Int?
 
-    /// Applies the thread setting before any work starts.
+    @Flag(help: "Results bitwise independent of --threads (GEMMs cut by shape alone; a few per cent slower on one thread). Also SURA_DETERMINISTIC=1.")
+    var deterministic = false
+
+    /// Applies the thread settings before any work starts.
     func apply() throws {
         if let threads {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
             Threads.count = threads
         }
+        if deterministic { Threads.deterministic = true }
     }
 }
 

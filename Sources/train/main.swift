@@ -39,11 +39,15 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Threads per rank for BLAS and Sura's loops (default: SURA_THREADS, else the cores of the rank's CPU affinity: one per rank under mpirun's default binding).")
     var threads: Int?
 
+    @Flag(help: "Results bitwise independent of --threads, so a run continues with the same bits on another core count (GEMMs cut by shape alone; a few per cent slower on one thread). Also SURA_DETERMINISTIC=1.")
+    var deterministic = false
+
     func run() throws {
         if let threads {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
             Threads.count = threads
         }
+        if deterministic { Threads.deterministic = true }
         if let maxSteps, maxSteps < 1 { throw ValidationError("--max-steps must be at least 1, got \(maxSteps)") }
         let parsed = try TrainingConfig(contentsOf: URL(fileURLWithPath: config))
         var options = TrainingOptions()

@@ -82,6 +82,44 @@ final class TrainProcessTests: XCTestCase {
         }
     }
 
+    /// `--deterministic` makes a run's bits independent of the thread count: one that stops at
+    /// step 2 on 1 thread and resumes on 2 gives the uninterrupted 1-thread run's losses to the
+    /// bit. Without it the 2-thread steps come out different in their last bits.
+    func testDeterministicRunResumesOnAnotherThreadCount() throws {
+        // Wide enough (32 and 64 channels) that its GEMMs are split over 2 threads.
+        let wide = """
+        {"_class_name": "UNet2DConditionModel", "sample_size": 16, "in_channels": 3, "out_channels": 3,
+         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "mid_block_type": "UNetMidBlock2DCrossAttn",
+         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "block_out_channels": [32, 64], "layers_per_block": 1,
+         "norm_num_groups": 8, "cross_attention_dim": 384, "attention_head_dim": 8}
+        """
+        try wide.write(to: work.appendingPathComponent("unet-wide.json"), atomically: true, encoding: .utf8)
+        func writeWideConfig(_ name: String, output: String) throws -> String {
+            let config = try writeConfig(name, output: output)
+            try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: path("unet.json"), with: path("unet-wide.json"))
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            return config
+        }
+        func resumed(_ name: String, _ flags: [String]) throws -> [Int: Double] {
+            let config = try writeWideConfig("\(name).yaml", output: name)
+            let first = try run(Self.executable("train"), ["--config", config, "--max-steps", "2", "--threads", "1"] + flags)
+            XCTAssertEqual(first.status, 0, first.output)
+            let second = try run(Self.executable("train"), ["--config", config, "--resume", "--threads", "2"] + flags)
+            XCTAssertEqual(second.status, 0, second.output)
+            XCTAssertTrue(second.output.contains("2 thread(s) per rank" + (flags.isEmpty ? "" : ", deterministic")), second.output)
+            return try losses(name)
+        }
+        let straight = try run(Self.executable("train"), ["--config", try writeWideConfig("one-thread.yaml", output: "one-thread"),
+                                                          "--threads", "1", "--deterministic"])
+        XCTAssertEqual(straight.status, 0, straight.output)
+        let a = try losses("one-thread")
+        let b = try resumed("deterministic-resume", ["--deterministic"])
+        for step in 1...4 { XCTAssertEqual(a[step]!, b[step]!, "step \(step)") }
+        let c = try resumed("threaded-resume", [])
+        XCTAssertEqual((1...2).map { a[$0]! }, (1...2).map { c[$0]! }, "the 1-thread steps")
+        XCTAssertNotEqual((3...4).map { a[$0]! }, (3...4).map { c[$0]! }, "without --deterministic 2 threads round differently")
+    }
+
     /// A run without --resume into a folder that holds a run stops naming output_dir and leaves
     /// the checkpoint alone; with --overwrite it starts afresh and metrics.jsonl holds only its steps.
     func testAFreshRunNeverReplacesAnEarlierRunUnlessTold() throws {

@@ -182,6 +182,31 @@ final class UNetTests: XCTestCase {
 
     // MARK: Structure and names
 
+    /// With `Threads.deterministic` the UNet's output, input gradients and every parameter
+    /// gradient are bitwise the same on 1 and 2 threads (without it the GEMM splits and
+    /// convolution tiles follow the thread count, and the last bits move).
+    func testDeterministicThreadsGiveTheSameBits() throws {
+        let savedCount = Threads.count, savedDeterministic = Threads.deterministic
+        defer { Threads.count = savedCount; Threads.deterministic = savedDeterministic }
+        Threads.deterministic = true
+        var rng = SeededGenerator(seed: 21)
+        let unet = try UNet2DConditionModel(config: smallConfig(), rng: &rng)
+        let sample = Tensor.randn([2, 4, 16, 16], using: &rng), ehs = Tensor.randn([2, 7, 32], using: &rng)
+        func run(threads: Int) throws -> [UInt32] {
+            Threads.count = threads
+            unet.zeroGrad()
+            let x = leaf(sample), c = leaf(ehs)
+            let out = try unet.forward(sample: x, timesteps: [10, 500], encoderHiddenStates: c)
+            (out * out).sum().backward()
+            var values = out.scalars + (try XCTUnwrap(x.grad)).scalars + (try XCTUnwrap(c.grad)).scalars
+            for (_, p) in unet.namedParameters() { values += (try XCTUnwrap(p.grad)).scalars }
+            return values.map(\.bitPattern)
+        }
+        let one = try run(threads: 1), two = try run(threads: 2)
+        XCTAssertEqual(one.count, two.count)
+        XCTAssertTrue(one == two, "\(zip(one, two).filter { $0 != $1 }.count) of \(one.count) values differ between 1 and 2 threads")
+    }
+
     func testParameterNamesFollowDiffusers() throws {
         let unet = try UNet2DConditionModel(config: smallConfig())
         let names = Set(unet.stateDict().keys)

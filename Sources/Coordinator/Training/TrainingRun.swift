@@ -93,7 +93,7 @@ public final class TrainingRun {
         let rank = communicator.rank
         let log = outputs.log
         log("train: task \(config.task.rawValue), \(communicator.size) rank(s) (dp \(config.topology.dp), pp \(config.topology.pp)), config \(config.file)")
-        log("kernels: \(BLASKernels.summary), \(Threads.count) thread(s) per rank")
+        log("kernels: \(BLASKernels.summary), \(Threads.count) thread(s) per rank" + (Threads.deterministic ? ", deterministic (bits independent of the thread count)" : ""))
         if let warning = BLASKernels.fallbackWarning() { log(warning) }
         let dataset = try agree("reading the dataset") { () throws -> ImageTextDataset in
             guard FileManager.default.fileExists(atPath: config.data.path) else {

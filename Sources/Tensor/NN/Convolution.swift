@@ -43,10 +43,12 @@ struct ConvGeometry {
     func columns(_ t: ConvTile) -> Int { t.nb * t.rows * wo }
 
     /// The tiles covering the batch, each needing at most 2¹⁸ column floats per thread, 2²⁰ in
-    /// all (one output row of one sample at the least).
+    /// all (one output row of one sample at the least); 2²⁰ whatever the threads when
+    /// `Threads.deterministic`.
     func tiles() -> [ConvTile] {
         if isPointwise { return (0..<n).map { ConvTile(n0: $0, nb: 1, oh0: 0, oh1: ho) } }
-        let budget = Swift.min(1 << 20, (1 << 18) * Threads.count)
+        // Tiles change the GEMMs' shapes (and so their bits) and the order weight gradients add up in.
+        let budget = Threads.deterministic ? 1 << 20 : Swift.min(1 << 20, (1 << 18) * Threads.count)
         let perRow = Swift.max(colRows * wo, 1), perSample = perRow * ho
         var out: [ConvTile] = []
         if perSample <= budget {
