@@ -43,56 +43,86 @@ enum WorkerExecutorKind: String, ExpressibleByArgument, CaseIterable {
     case pipeline
 }
 
-/// Checks the executor options shared by `sura serve` (for its local workers) and `sura worker`:
-/// the pipeline executor needs `--model`, and the null executor takes none.
-func validateExecutorOptions(_ executor: WorkerExecutorKind, model: String?, sampler: String?, batching: String?,
-                             adapter: String? = nil) throws {
-    switch executor {
-    case .pipeline:
-        guard let model, !model.isEmpty else {
-            throw ValidationError("--executor pipeline needs --model DIR (a model folder with unet/, scheduler/ and a text encoder)")
-        }
-        _ = try parsePipelineBatching(batching)
-    case .null:
-        if model != nil || sampler != nil || batching != nil || adapter != nil {
-            throw ValidationError("--model, --sampler, --pipeline-batching and --adapter apply to --executor pipeline only")
+/// What runs a worker's batches: the options `sura worker` takes and `sura serve` passes on to
+/// its local workers.
+struct ExecutorOptions: ParsableArguments {
+    @Option(help: "What runs the batches (of this worker, or of serve's local workers): null (placeholder images) or pipeline (the model folder of --model).")
+    var executor: WorkerExecutorKind = .null
+    @Option(help: "Pipeline executor: the model folder (unet/, scheduler/, optional vae/, a text encoder or sura.json naming one).")
+    var model: String?
+    @Option(help: "Pipeline executor: sampler (ddim, ddpm, euler, dpm++2m, a class name or a scheduler_config.json; default: the folder's).")
+    var sampler: String?
+    @Option(help: "Pipeline executor: exact (one pipeline call per request: the same PNG whatever the batch) or grouped (one call per group of equal settings).")
+    var pipelineBatching: String?
+    @Option(help: "Pipeline executor: an adapter checkpoint (train's export); prompts go through the LLM and the adapter.")
+    var adapter: String?
+    @Option(help: "Pipeline executor: the LLM for --adapter (default: the path the checkpoint names).")
+    var llm: String?
+
+    /// The pipeline executor needs `--model`; the null executor takes none of the pipeline's options.
+    func validate() throws {
+        switch executor {
+        case .pipeline:
+            guard let model, !model.isEmpty else {
+                throw ValidationError("--executor pipeline needs --model DIR (a model folder with unet/, scheduler/ and a text encoder)")
+            }
+            _ = try batching()
+        case .null:
+            if model != nil || sampler != nil || pipelineBatching != nil || adapter != nil || llm != nil {
+                throw ValidationError("--model, --sampler, --pipeline-batching, --adapter and --llm apply to --executor pipeline only")
+            }
         }
     }
-}
 
-/// The `--pipeline-batching` choice; nil means `exact`.
-func parsePipelineBatching(_ text: String?) throws -> PipelineBatchExecutor.Batching {
-    guard let text else { return .exact }
-    guard let batching = PipelineBatchExecutor.Batching(rawValue: text) else {
-        let allowed = PipelineBatchExecutor.Batching.allCases.map(\.rawValue).joined(separator: ", ")
-        throw ValidationError("--pipeline-batching must be one of \(allowed), got '\(text)'")
+    /// The `--pipeline-batching` choice; `exact` when not given.
+    func batching() throws -> PipelineBatchExecutor.Batching {
+        guard let text = pipelineBatching else { return .exact }
+        guard let batching = PipelineBatchExecutor.Batching(rawValue: text) else {
+            let allowed = PipelineBatchExecutor.Batching.allCases.map(\.rawValue).joined(separator: ", ")
+            throw ValidationError("--pipeline-batching must be one of \(allowed), got '\(text)'")
+        }
+        return batching
     }
-    return batching
-}
 
-/// Loads the pipeline executor of `--model`, as a user-facing failure naming the folder.
-func loadPipelineExecutor(model: String, sampler: String?, batching: String?, adapter: String? = nil, llm: String? = nil,
-                          log: (String) -> Void) throws -> PipelineBatchExecutor {
-    let started = Date()
-    let mode = try parsePipelineBatching(batching)
-    var conditioning: AdapterConditioning? = nil
-    if let adapter {
+    /// The model folder as an absolute path (local workers may start in another directory).
+    var absoluteModel: String { URL(fileURLWithPath: model ?? "").standardizedFileURL.path }
+
+    /// Loads the pipeline executor of `--model`, as a user-facing failure naming the folder or adapter.
+    func loadPipeline(log: (String) -> Void) throws -> PipelineBatchExecutor {
+        let started = Date()
+        let model = self.model ?? ""
+        let mode = try batching()
+        var conditioning: AdapterConditioning? = nil
+        if let adapter {
+            do {
+                let folder = try PipelineFolder.load(URL(fileURLWithPath: model))
+                conditioning = try AdapterConditioning.load(checkpoint: URL(fileURLWithPath: adapter), folder: folder, llm: llm)
+            } catch {
+                throw CommandFailure("--adapter \(adapter): \(error)")
+            }
+        }
         do {
-            let folder = try PipelineFolder.load(URL(fileURLWithPath: model))
-            conditioning = try AdapterConditioning.load(checkpoint: URL(fileURLWithPath: adapter), folder: folder, llm: llm)
+            let executor = try PipelineBatchExecutor(modelFolder: URL(fileURLWithPath: model), sampler: sampler, conditioning: conditioning,
+                                                     batching: mode)
+            log(String(format: "loaded model %@%@ (%dx%d, %@, %@ batching) in %.1f s", model,
+                       conditioning.map { " with the \($0.type.rawValue) adapter \(adapter ?? "")" } ?? "", executor.width, executor.height,
+                       type(of: executor.pipeline.scheduler).className, mode.rawValue, Date().timeIntervalSince(started)))
+            return executor
         } catch {
-            throw CommandFailure("--adapter \(adapter): \(error)")
+            throw CommandFailure("--model: \(error)")
         }
     }
-    do {
-        let executor = try PipelineBatchExecutor(modelFolder: URL(fileURLWithPath: model), sampler: sampler, conditioning: conditioning,
-                                                 batching: mode)
-        log(String(format: "loaded model %@%@ (%dx%d, %@, %@ batching) in %.1f s", model,
-                   conditioning.map { " with the \($0.type.rawValue) adapter \(adapter ?? "")" } ?? "", executor.width, executor.height,
-                   type(of: executor.pipeline.scheduler).className, mode.rawValue, Date().timeIntervalSince(started)))
-        return executor
-    } catch {
-        throw CommandFailure("--model: \(error)")
+
+    /// These options as `sura worker` arguments, with absolute paths.
+    var workerArguments: [String] {
+        func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
+        var arguments = ["--executor", executor.rawValue]
+        guard executor == .pipeline else { return arguments }
+        arguments += ["--model", absoluteModel] + (sampler.map { ["--sampler", $0] } ?? [])
+        arguments += pipelineBatching.map { ["--pipeline-batching", $0] } ?? []
+        arguments += adapter.map { ["--adapter", absolute($0)] } ?? []
+        arguments += llm.map { ["--llm", absolute($0)] } ?? []
+        return arguments
     }
 }
 
@@ -162,18 +192,7 @@ struct ServeCommand: ParsableCommand {
     var scaleDownWindow = 30.0
     @Option(help: "Seconds between autoscaler decisions.")
     var autoscaleInterval = 1.0
-    @Option(help: "Executor of local workers: null (placeholder images) or pipeline (needs --model).")
-    var executor: WorkerExecutorKind = .null
-    @Option(help: "Pipeline executor: the model folder local workers load (unet/, scheduler/, a text encoder).")
-    var model: String?
-    @Option(help: "Pipeline executor: sampler of local workers (ddim, ddpm, euler, dpm++2m; default: the folder's).")
-    var sampler: String?
-    @Option(help: "Pipeline executor: exact (one pipeline call per request: the same PNG whatever the batch) or grouped (one call per group of equal settings).")
-    var pipelineBatching: String?
-    @Option(help: "Pipeline executor: an adapter checkpoint (train's export); prompts go through the LLM and the adapter.")
-    var adapter: String?
-    @Option(help: "Pipeline executor: the LLM for --adapter (default: the path the checkpoint names).")
-    var llm: String?
+    @OptionGroup(title: "Local workers' executor") var execution: ExecutorOptions
     @Option(help: "Compute threads of each local worker (default: SURA_THREADS, else the cores it may run on).")
     var workerThreads: Int?
     @Option(help: "Null executor: milliseconds per batch (local workers).")
@@ -192,7 +211,6 @@ struct ServeCommand: ParsableCommand {
         guard defaultTimeoutMs >= 1 else { throw ValidationError("--default-timeout-ms must be at least 1") }
         if let workerThreads, workerThreads < 1 { throw ValidationError("--worker-threads must be at least 1, got \(workerThreads)") }
         if curveAuthorizedKeys != nil && curveKey == nil { throw ValidationError("--curve-authorized-keys needs --curve-key (the server's key file)") }
-        try validateExecutorOptions(executor, model: model, sampler: sampler, batching: pipelineBatching, adapter: adapter)
         _ = try parsedDefaultSize()
     }
 
@@ -209,13 +227,12 @@ struct ServeCommand: ParsableCommand {
         let log = serveLogger("serve")
         let local = autoscale || workers > 0
         let curve = try curveKey.map { try serverCurveSecurity(keyFile: $0, authorizedKeys: curveAuthorizedKeys, log: log) }
-        var localModel: String?
-        if local && executor == .pipeline {
+        if local && execution.executor == .pipeline {
             // Loaded once here, before anything listens, so a bad folder stops `sura serve` with
             // its path instead of local workers failing at start and being relaunched over and over.
-            let path = URL(fileURLWithPath: model ?? "").standardizedFileURL.path
-            _ = try loadPipelineExecutor(model: path, sampler: sampler, batching: pipelineBatching, adapter: adapter, llm: llm, log: log)
-            localModel = path
+            var absolute = execution
+            absolute.model = execution.absoluteModel
+            _ = try absolute.loadPipeline(log: log)
         }
         var configuration = SchedulerConfiguration()
         configuration.batching = BatchingPolicy(maxBatchSize: maxBatch, maxQueueDelay: maxQueueDelayMs / 1000)
@@ -267,19 +284,11 @@ struct ServeCommand: ParsableCommand {
         if local {
             let executable = Bundle.main.executableURL ?? URL(fileURLWithPath: CommandLine.arguments[0])
             var arguments = [
-                "worker", "--scheduler", connectable(scheduler.backendEndpoint), "--executor", executor.rawValue,
+                "worker", "--scheduler", connectable(scheduler.backendEndpoint),
                 "--max-batch", String(maxBatch), "--heartbeat-ms", String(heartbeatMs), "--liveness", String(liveness),
                 "--parent-pid", String(getpid()),
-            ]
-            switch executor {
-            case .null:
-                arguments += ["--null-delay-ms", String(nullDelayMs)]
-            case .pipeline:
-                arguments += ["--model", localModel ?? ""] + (sampler.map { ["--sampler", $0] } ?? [])
-                    + (pipelineBatching.map { ["--pipeline-batching", $0] } ?? [])
-                    + (adapter.map { ["--adapter", URL(fileURLWithPath: $0).standardizedFileURL.path] } ?? [])
-                    + (llm.map { ["--llm", URL(fileURLWithPath: $0).standardizedFileURL.path] } ?? [])
-            }
+            ] + execution.workerArguments
+            if execution.executor == .null { arguments += ["--null-delay-ms", String(nullDelayMs)] }
             if let workerThreads { arguments += ["--threads", String(workerThreads)] }
             if let curveKey {
                 // Local workers reuse the server's key file (always accepted); the secret stays in the file, not in `ps`.
@@ -343,18 +352,7 @@ struct WorkerCommand: ParsableCommand {
 
     @Option(help: "The scheduler's back-end endpoint.")
     var scheduler = "tcp://127.0.0.1:5556"
-    @Option(help: "What runs the batches: null (placeholder images) or pipeline (the model folder of --model).")
-    var executor: WorkerExecutorKind = .null
-    @Option(help: "Pipeline executor: the model folder (unet/, scheduler/, optional vae/, a text encoder or sura.json naming one).")
-    var model: String?
-    @Option(help: "Pipeline executor: sampler (ddim, ddpm, euler, dpm++2m, a class name or a scheduler_config.json; default: the folder's).")
-    var sampler: String?
-    @Option(help: "Pipeline executor: exact (one pipeline call per request: the same PNG whatever the batch) or grouped (one call per group of equal settings).")
-    var pipelineBatching: String?
-    @Option(help: "Pipeline executor: an adapter checkpoint (train's export); prompts go through the LLM and the adapter.")
-    var adapter: String?
-    @Option(help: "Pipeline executor: the LLM for --adapter (default: the path the checkpoint names).")
-    var llm: String?
+    @OptionGroup(title: "Executor") var execution: ExecutorOptions
     @Option(help: "Name in logs and status (default worker-<pid>).")
     var name: String?
     @Option(help: "Most requests per batch this worker takes.")
@@ -387,7 +385,6 @@ struct WorkerCommand: ParsableCommand {
         guard (curveServerKey == nil) == (curveKey == nil) else {
             throw ValidationError("--curve-server-key and --curve-key go together: the scheduler's public key and this worker's key pair")
         }
-        try validateExecutorOptions(executor, model: model, sampler: sampler, batching: pipelineBatching, adapter: adapter)
     }
 
     func run() throws {
@@ -398,18 +395,17 @@ struct WorkerCommand: ParsableCommand {
         // Read before the model loads, so a bad key file fails at once.
         let curve = try curveServerKey.map { try clientCurveSecurity(serverKeyFile: $0, keyFile: curveKey ?? "", log: log) }
         let batchExecutor: InferenceBatchExecutor
-        switch executor {
+        switch execution.executor {
         case .null:
             batchExecutor = NullImageExecutor(batchDelay: nullDelayMs / 1000, perImageDelay: nullPerImageDelayMs / 1000,
                                               failingPrompt: nullFailingPrompt)
         case .pipeline:
             // Loaded before connecting, so READY means the model is in memory.
-            batchExecutor = try loadPipelineExecutor(model: model ?? "", sampler: sampler, batching: pipelineBatching,
-                                                     adapter: adapter, llm: llm, log: log)
+            batchExecutor = try execution.loadPipeline(log: log)
         }
         var configuration = InferenceWorkerConfiguration(scheduler: scheduler, name: workerName)
         configuration.maxBatch = maxBatch
-        configuration.executorName = executor.rawValue
+        configuration.executorName = execution.executor.rawValue
         configuration.heartbeatInterval = Double(heartbeatMs) / 1000
         configuration.liveness = liveness
         configuration.reconnectMaxDelay = reconnectMaxDelay
@@ -473,12 +469,15 @@ struct ServeBench: ParsableCommand {
         var makeExecutor: (() throws -> any InferenceBatchExecutor)? = nil
         if let model {
             let quiet: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
-            let probe = try loadPipelineExecutor(model: model, sampler: nil, batching: pipelineBatching, adapter: adapter, log: quiet)
+            // Parsed rather than built: an option group's unset options cannot be read otherwise.
+            let execution = try ExecutorOptions.parse(["--executor", "pipeline", "--model", model, "--pipeline-batching", pipelineBatching]
+                                                      + (adapter.map { ["--adapter", $0] } ?? []))
+            let probe = try execution.loadPipeline(log: quiet)
             options.imageSide = probe.width
             options.steps = steps
             options.executorName = "pipeline \(model)" + (adapter.map { " + adapter \($0)" } ?? "") + ", \(steps) steps, \(pipelineBatching) batching"
             // Each worker gets its own pipeline, as separate worker processes would.
-            makeExecutor = { try loadPipelineExecutor(model: model, sampler: nil, batching: pipelineBatching, adapter: adapter, log: { _ in }) }
+            makeExecutor = { try execution.loadPipeline(log: { _ in }) }
         } else if adapter != nil {
             throw ValidationError("--adapter needs --model")
         }

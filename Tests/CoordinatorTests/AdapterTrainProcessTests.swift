@@ -294,16 +294,16 @@ final class AdapterTrainProcessTests: XCTestCase {
     /// SUR-adapter's practice, LLM features computed once: `sura features` over the whole
     /// manifest, then `train` reads them through `adapter.llm_features` (only the empty prompt is
     /// encoded) and gives the losses of computing them, to float rounding (other batches, so
-    /// other GEMM shapes); also on two data-parallel ranks. A folder of another layer is refused
-    /// naming the key.
+    /// other GEMM shapes); also on two data-parallel ranks, and with pp = 2, where they replace
+    /// the pipeline pass. A folder of another layer is refused naming the key.
     func testStoredLLMFeaturesFromSuraFeaturesTrainLikeComputedOnes() throws {
         let features = try run("sura", ["features", "--model", Self.llm.path, "--manifest", path("data"), "--layer=-1",
                                         "--output", path("features"), "--shard-size", "5"])
         XCTAssertEqual(features.status, 0, features.output)
         let computed = try run("train", ["--config", try writeConfig("cross_adapter", output: "features-computed")])
         XCTAssertEqual(computed.status, 0, computed.output)
-        func storedConfig(_ output: String, folder: String, dp: Int = 1) throws -> String {
-            try writeConfig("cross_adapter", output: output, dp: dp)
+        func storedConfig(_ output: String, folder: String, dp: Int = 1, pp: Int = 1) throws -> String {
+            try writeConfig("cross_adapter", output: output, dp: dp, pp: pp)
                 .replacingLine("llm_max_length: 16", with: "llm_max_length: 16\n  llm_features: \(path(folder))")
         }
         let stored = try run("train", ["--config", try storedConfig("features-stored", folder: "features")])
@@ -320,6 +320,14 @@ final class AdapterTrainProcessTests: XCTestCase {
         XCTAssertEqual(mpi.status, 0, mpi.output)
         let c = try losses("features-dp2")
         for (step, loss) in a { XCTAssertEqual(loss, try XCTUnwrap(c[step]), accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }
+        // With pp = 2 the stored rows replace the pipeline pass over the LLM's layers.
+        let piped = try Self.launch(try TrainProcessTests.mpirun(),
+                                    TrainProcessTests.mpiFlags + ["-np", "2", try TrainProcessTests.executable("train"),
+                                                                  "--config", try storedConfig("features-pp2", folder: "features", pp: 2)])
+        XCTAssertEqual(piped.status, 0, piped.output)
+        XCTAssertFalse(piped.output.contains("LLM pipeline: layers"), piped.output)
+        let d = try losses("features-pp2")
+        for (step, loss) in a { XCTAssertEqual(loss, try XCTUnwrap(d[step]), accuracy: 1e-4 * max(1, abs(loss)), "step \(step)") }
 
         let other = try run("sura", ["features", "--model", Self.llm.path, "--manifest", path("data"), "--layer", "3",
                                      "--output", path("features-layer3"), "--max-length", "16"])
