@@ -48,27 +48,6 @@ enum TextEncoderFixtures {
         return dir
     }
 
-    /// max |a − b| / max |b|: the error relative to the reference's scale.
-    static func relativeError(_ a: Tensor, _ b: Tensor) -> Float {
-        let x = a.scalars, y = b.scalars
-        var diff: Float = 0, scale: Float = 0
-        for i in x.indices {
-            diff = max(diff, abs(x[i] - y[i]))
-            scale = max(scale, abs(y[i]))
-        }
-        return diff / max(scale, 1e-30)
-    }
-
-    static func assertParity(_ a: Tensor?, _ b: Tensor?, _ what: String, tolerance: Float = 1e-4,
-                             file: StaticString = #filePath, line: UInt = #line) {
-        guard let a, let b else { return XCTFail("\(what): missing tensor", file: file, line: line) }
-        XCTAssertEqual(a.shape, b.shape, "\(what) shape", file: file, line: line)
-        guard a.shape == b.shape else { return }
-        let err = relativeError(a, b)
-        print("parity \(what): relative error \(err)")
-        XCTAssertLessThan(err, tolerance, "\(what): relative error \(err)", file: file, line: line)
-    }
-
     /// Runs `body`, which must throw a `TextModelError`, and returns it.
     static func error(_ body: () throws -> Void, file: StaticString = #filePath, line: UInt = #line) -> TextModelError? {
         do {
@@ -103,27 +82,27 @@ final class BertTests: XCTestCase {
         let out = try withoutGrad {
             try model(inputIds: ids, attentionMask: mask, tokenTypeIds: types, outputHiddenStates: true)
         }
-        F.assertParity(out.lastHiddenState, io["last_hidden_state"], "last_hidden_state")
-        F.assertParity(out.poolerOutput, io["pooler_output"], "pooler_output")
+        assertParity(out.lastHiddenState, io["last_hidden_state"], "last_hidden_state")
+        assertParity(out.poolerOutput, io["pooler_output"], "pooler_output")
         XCTAssertEqual(out.hiddenStates.count, 3)
-        for (i, h) in out.hiddenStates.enumerated() { F.assertParity(h, io["hidden_states.\(i)"], "hidden_states.\(i)") }
+        for (i, h) in out.hiddenStates.enumerated() { assertParity(h, io["hidden_states.\(i)"], "hidden_states.\(i)") }
 
         let mean = try TokenPooling.mean(out.lastHiddenState, attentionMask: mask)
-        F.assertParity(mean, io["mean_pooled"], "mean pooling")
+        assertParity(mean, io["mean_pooled"], "mean pooling")
         let encoding = BatchEncoding(ids: ids, attentionMask: mask, tokenTypeIds: types)
         let sentences = try withoutGrad { try model.sentenceEmbeddings(encoding) }
-        F.assertParity(sentences, io["sentence_embedding"], "sentence embedding")
+        assertParity(sentences, io["sentence_embedding"], "sentence embedding")
 
         // No mask and no token types: every position attends, all segments 0.
         let plain = try withoutGrad { try model(inputIds: F.rows(io["unmasked_ids"]!)) }
-        F.assertParity(plain.lastHiddenState, io["unmasked_last_hidden_state"], "unmasked last_hidden_state")
+        assertParity(plain.lastHiddenState, io["unmasked_last_hidden_state"], "unmasked last_hidden_state")
     }
 
     func testPaddingDoesNotChangeRealTokens() throws {
         let model = try tinyModel()
         let short = try withoutGrad { try model(inputIds: [[2, 7, 9]]).lastHiddenState }
         let padded = try withoutGrad { try model(inputIds: [[2, 7, 9, 0, 0]], attentionMask: [[1, 1, 1, 0, 0]]).lastHiddenState }
-        F.assertParity(padded.sliced(axis: 1, 0, 3).contiguousCopy(), short, "padded row", tolerance: 1e-5)
+        assertParity(padded.sliced(axis: 1, 0, 3).contiguousCopy(), short, "padded row", tolerance: 1e-5)
     }
 
     // MARK: Loading
@@ -142,8 +121,8 @@ final class BertTests: XCTestCase {
             try model(inputIds: F.rows(io["input_ids"]!), attentionMask: F.rows(io["attention_mask"]!),
                       tokenTypeIds: F.rows(io["token_type_ids"]!))
         }
-        F.assertParity(out.lastHiddenState, io["last_hidden_state"], "prefixed last_hidden_state")
-        F.assertParity(out.poolerOutput, io["pooler_output"], "prefixed pooler_output")
+        assertParity(out.lastHiddenState, io["last_hidden_state"], "prefixed last_hidden_state")
+        assertParity(out.poolerOutput, io["pooler_output"], "prefixed pooler_output")
     }
 
     func testPoolerFollowsTheCheckpoint() throws {
@@ -316,7 +295,7 @@ final class BertTests: XCTestCase {
 
         // Same values through ids: the embeddings path equals the lookup path.
         let byIds = try withoutGrad { try model(inputIds: [[5, 6], [7, 8]], attentionMask: [[1, 1], [1, 0]]) }
-        F.assertParity(out.lastHiddenState.detached(), byIds.lastHiddenState, "inputs_embeds vs ids", tolerance: 1e-6)
+        assertParity(out.lastHiddenState.detached(), byIds.lastHiddenState, "inputs_embeds vs ids", tolerance: 1e-6)
 
         // Unfreezing part of the model sends gradients there only.
         model.unfreeze(prefix: "encoder.layer.1")
@@ -367,7 +346,7 @@ final class BertTests: XCTestCase {
         XCTAssertGreaterThan(similar - different, 0.3)
         // Each sentence alone gives the same vector as inside the padded batch.
         let alone = try withoutGrad { try model.sentenceEmbeddings([sentences[2]], tokenizer: tokenizer) }
-        F.assertParity(alone, embeddings.sliced(axis: 0, 2, 3).contiguousCopy(), "unpadded vs padded", tolerance: 1e-5)
+        assertParity(alone, embeddings.sliced(axis: 0, 2, 3).contiguousCopy(), "unpadded vs padded", tolerance: 1e-5)
     }
 
     /// Not an assertion on time (DESIGN §4): prints MiniLM's forward time for the benchmark notes.

@@ -22,11 +22,11 @@ final class CLIPTextTests: XCTestCase {
 
     private func assertOutputs(_ out: CLIPTextModelOutput, _ io: [String: Tensor], prefix: String, layers: Int = 2,
                                file: StaticString = #filePath, line: UInt = #line) {
-        F.assertParity(out.lastHiddenState, io[prefix + "last_hidden_state"], prefix + "last_hidden_state", file: file, line: line)
-        F.assertParity(out.poolerOutput, io[prefix + "pooler_output"], prefix + "pooler_output", file: file, line: line)
+        assertParity(out.lastHiddenState, io[prefix + "last_hidden_state"], prefix + "last_hidden_state", file: file, line: line)
+        assertParity(out.poolerOutput, io[prefix + "pooler_output"], prefix + "pooler_output", file: file, line: line)
         XCTAssertEqual(out.hiddenStates.count, layers + 1, file: file, line: line)
         for (i, h) in out.hiddenStates.enumerated() {
-            F.assertParity(h, io[prefix + "hidden_states.\(i)"], prefix + "hidden_states.\(i)", file: file, line: line)
+            assertParity(h, io[prefix + "hidden_states.\(i)"], prefix + "hidden_states.\(i)", file: file, line: line)
         }
     }
 
@@ -67,12 +67,12 @@ final class CLIPTextTests: XCTestCase {
         XCTAssertEqual(CLIPTextTransformer.poolingPositions(inputIds: ids, eosTokenId: 2), [3, 2, 4])
         let out = try withoutGrad { try model(inputIds: ids, attentionMask: mask, outputHiddenStates: true) }
         assertOutputs(out, io, prefix: "")
-        F.assertParity(out.textEmbeds, io["text_embeds"], "text_embeds")
+        assertParity(out.textEmbeds, io["text_embeds"], "text_embeds")
 
         // The same folder as a CLIPTextModel: the projection is ignored.
         let plain = try CLIPTextModel.load(directory: F.url("clip_proj"))
         let p = try withoutGrad { try plain(inputIds: ids, attentionMask: mask) }
-        F.assertParity(p.poolerOutput, io["pooler_output"], "CLIPTextModel pooler_output")
+        assertParity(p.poolerOutput, io["pooler_output"], "CLIPTextModel pooler_output")
         XCTAssertNil(p.textEmbeds)
     }
 
@@ -80,8 +80,8 @@ final class CLIPTextTests: XCTestCase {
         let model = try CLIPTextModel.load(directory: F.url("clip_proj"))
         let a = try withoutGrad { try model(inputIds: [[0, 7, 8, 9, 5, 1]]).lastHiddenState }
         let b = try withoutGrad { try model(inputIds: [[0, 7, 8, 40, 41, 42]]).lastHiddenState }
-        F.assertParity(a.sliced(axis: 1, 0, 3).contiguousCopy(), b.sliced(axis: 1, 0, 3).contiguousCopy(), "prefix", tolerance: 1e-6)
-        XCTAssertGreaterThan(F.relativeError(a.sliced(axis: 1, 3, 4).contiguousCopy(), b.sliced(axis: 1, 3, 4).contiguousCopy()), 1e-3)
+        assertParity(a.sliced(axis: 1, 0, 3).contiguousCopy(), b.sliced(axis: 1, 0, 3).contiguousCopy(), "prefix", tolerance: 1e-6)
+        XCTAssertGreaterThan(relativeError(a.sliced(axis: 1, 3, 4).contiguousCopy(), b.sliced(axis: 1, 3, 4).contiguousCopy()), 1e-3)
     }
 
     // MARK: Layouts
@@ -97,7 +97,7 @@ final class CLIPTextTests: XCTestCase {
             t = out
         })
         let a = try withoutGrad { try CLIPTextModel.load(directory: bare)(inputIds: ids, attentionMask: mask) }
-        F.assertParity(a.poolerOutput, io["pooler_output"], "unprefixed pooler_output")
+        assertParity(a.poolerOutput, io["pooler_output"], "unprefixed pooler_output")
 
         // A full CLIPModel folder: text_config nested, vision tower and logit_scale ignored.
         let full = try F.copy("clip_proj", into: self, config: { c in
@@ -109,7 +109,7 @@ final class CLIPTextTests: XCTestCase {
             t["logit_scale"] = Tensor(scalar: 2.6592)
         })
         let b = try withoutGrad { try CLIPTextModelWithProjection.load(directory: full)(inputIds: ids, attentionMask: mask) }
-        F.assertParity(b.textEmbeds, io["text_embeds"], "CLIPModel text_embeds")
+        assertParity(b.textEmbeds, io["text_embeds"], "CLIPModel text_embeds")
     }
 
     func testSaveRoundTrip() throws {
@@ -220,7 +220,7 @@ final class CLIPTextTests: XCTestCase {
         XCTAssertGreaterThan(grad.scalars.map(abs).max()!, 0)
         XCTAssertTrue(model.parameters().allSatisfy { $0.grad == nil })
         let byIds = try withoutGrad { try model(inputIds: ids) }
-        F.assertParity(out.textEmbeds!.detached(), byIds.textEmbeds, "inputs_embeds vs ids", tolerance: 1e-6)
+        assertParity(out.textEmbeds!.detached(), byIds.textEmbeds, "inputs_embeds vs ids", tolerance: 1e-6)
 
         model.unfreeze(prefix: "text_projection")
         let again = try model(inputIds: ids)

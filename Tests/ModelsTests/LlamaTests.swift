@@ -58,17 +58,6 @@ enum LlamaFixtures {
         return Tensor.concat(pieces, axis: 0)
     }
 
-    /// max |a − b| / max |b|.
-    static func relativeError(_ a: Tensor, _ b: Tensor) -> Float {
-        let x = a.scalars, y = b.scalars
-        var diff: Float = 0, scale: Float = 0
-        for i in x.indices {
-            diff = max(diff, abs(x[i] - y[i]))
-            scale = max(scale, abs(y[i]))
-        }
-        return diff / max(scale, 1e-30)
-    }
-
     static func assertClose(_ a: Tensor, _ b: Tensor, _ what: String, tolerance: Float = 1e-4,
                             file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(a.shape, b.shape, "\(what) shape", file: file, line: line)

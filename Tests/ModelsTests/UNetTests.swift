@@ -13,27 +13,6 @@ private func fixtureTensors(_ name: String) throws -> [String: Tensor] {
     try SafeTensorsFile(contentsOf: diffusionFixtures().appendingPathComponent(name)).loadAll()
 }
 
-/// max |a − b| / max |b|: the error relative to the reference's scale.
-private func relativeError(_ a: Tensor, _ b: Tensor) -> Float {
-    let x = a.scalars, y = b.scalars
-    precondition(x.count == y.count)
-    var diff: Float = 0, scale: Float = 0
-    for i in x.indices {
-        diff = max(diff, abs(x[i] - y[i]))
-        scale = max(scale, abs(y[i]))
-    }
-    return diff / max(scale, 1e-30)
-}
-
-private func assertParity(_ a: Tensor, _ b: Tensor, _ what: String, tolerance: Float = 1e-4,
-                          file: StaticString = #filePath, line: UInt = #line) {
-    XCTAssertEqual(a.shape, b.shape, "\(what) shape", file: file, line: line)
-    guard a.shape == b.shape else { return }
-    let err = relativeError(a, b)
-    print("parity \(what): relative error \(err)")
-    XCTAssertLessThan(err, tolerance, "\(what): relative error \(err)", file: file, line: line)
-}
-
 /// A leaf copy of `t` that requires a gradient.
 private func leaf(_ t: Tensor) -> Tensor {
     let c = t.contiguousCopy()
