@@ -6,51 +6,10 @@ import Tensor
 /// The `sura forward` and `sura generate` commands run as real processes on the fixture models,
 /// their outputs compared with the reference libraries' fixtures.
 final class CLIProcessTests: XCTestCase {
-    /// `SURA_EXECUTABLE` when set, else the `sura` executable built beside this test bundle.
-    static func suraExecutable() throws -> URL {
-        if let path = ProcessInfo.processInfo.environment["SURA_EXECUTABLE"], !path.isEmpty {
-            return URL(fileURLWithPath: path)
-        }
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        // On Linux the test binary is `<products>/SuraPackageTests.xctest`; on macOS it sits inside the bundle.
-        for _ in 0..<4 {
-            let candidate = dir.appendingPathComponent("sura")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw XCTSkip("sura executable not built beside the tests (run `swift build` first)")
-    }
-
-    /// Runs `sura arguments…` to completion (at most `timeout` s), returning (status, stdout+stderr).
+    /// Runs `sura arguments…` to completion (at most `timeout` s), returning (status, stdout + stderr).
     static func sura(_ arguments: [String], timeout: Double = 120) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = try suraExecutable()
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let box = OutputBox()
-        let done = DispatchSemaphore(value: 0)
-        let reader = Thread {
-            box.data = pipe.fileHandleForReading.readDataToEndOfFile()
-            done.signal()
-        }
-        reader.start()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning {
-            process.terminate()
-            XCTFail("sura \(arguments.joined(separator: " ")) did not finish within \(timeout) s")
-        }
-        process.waitUntilExit()
-        // Waiting on `isExecuting` could look before the reader had started and return nothing.
-        if done.wait(timeout: .now() + 30) == .timedOut { XCTFail("the output of sura never ended") }
-        return (process.terminationStatus, String(decoding: box.data, as: UTF8.self))
-    }
-
-    private final class OutputBox: @unchecked Sendable {
-        var data = Data()
+        let run = try SuraProcess.run(arguments, timeout: timeout)
+        return (run.status, run.out + run.err)
     }
 
     private var scratch: URL!

@@ -7,48 +7,9 @@ import Tensor
 /// against a direct forward of the fixture Llama, the converted folder loaded back, the real
 /// SmolLM2 answering a question, and bad input refused with a message naming it.
 final class LLMCLIProcessTests: XCTestCase {
-    /// `SURA_EXECUTABLE` when set, else the `sura` executable built beside this test bundle.
-    static func suraExecutable() throws -> URL {
-        if let path = ProcessInfo.processInfo.environment["SURA_EXECUTABLE"], !path.isEmpty {
-            return URL(fileURLWithPath: path)
-        }
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        // On Linux the test binary is `<products>/SuraPackageTests.xctest`; on macOS it sits inside the bundle.
-        for _ in 0..<4 {
-            let candidate = dir.appendingPathComponent("sura")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw XCTSkip("sura executable not built beside the tests (run `swift build` first)")
-    }
-
     /// Runs `sura arguments…` (at most `timeout` s), returning (status, stdout, stderr).
     static func sura(_ arguments: [String], timeout: Double = 60) throws -> (status: Int32, out: String, err: String) {
-        let process = Process()
-        process.executableURL = try suraExecutable()
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let box = OutputBox()
-        let group = DispatchGroup()
-        DispatchQueue.global().async(group: group) { box.out = out.fileHandleForReading.readDataToEndOfFile() }
-        DispatchQueue.global().async(group: group) { box.err = err.fileHandleForReading.readDataToEndOfFile() }
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning {
-            process.terminate()
-            XCTFail("sura \(arguments.joined(separator: " ")) did not finish within \(timeout) s")
-        }
-        process.waitUntilExit()
-        group.wait()
-        return (process.terminationStatus, String(decoding: box.out, as: UTF8.self), String(decoding: box.err, as: UTF8.self))
-    }
-
-    private final class OutputBox: @unchecked Sendable {
-        var out = Data()
-        var err = Data()
+        try SuraProcess.run(arguments, timeout: timeout)
     }
 
     private var scratch: URL!
