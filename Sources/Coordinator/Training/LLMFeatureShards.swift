@@ -61,7 +61,7 @@ public struct LLMFeatureShards {
             return typed
         }
         func integer(_ key: String, in dictionary: [String: Any]? = nil, min: Int = 0) throws -> Int {
-            let raw = dictionary?[key] ?? (dictionary == nil ? object[key] : nil)
+            let raw = (dictionary ?? object)[key]
             guard let number = raw as? NSNumber, let int = Int(exactly: number.doubleValue), int >= min else {
                 throw fail("key '\(key)' must be a whole number ≥ \(min), got \(raw.map { "\($0)" } ?? "nothing")")
             }
