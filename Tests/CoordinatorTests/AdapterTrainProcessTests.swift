@@ -32,13 +32,7 @@ final class AdapterTrainProcessTests: XCTestCase {
         guard let sura = try? TrainProcessTests.executable("sura"), let train = try? TrainProcessTests.executable("train") else { return }
         _ = try? launch(sura, ["data", "scenes", "--out", dir.appendingPathComponent("data").path, "--count", "16", "--canvas", "16",
                                "--max-items", "1", "--seed", "3", "--heldout-fraction", "0.25"])
-        let unet = """
-        {"_class_name": "UNet2DConditionModel", "sample_size": 16, "in_channels": 3, "out_channels": 3,
-         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "mid_block_type": "UNetMidBlock2DCrossAttn",
-         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "block_out_channels": [8, 16], "layers_per_block": 1,
-         "norm_num_groups": 4, "cross_attention_dim": 384, "attention_head_dim": 2}
-        """
-        try? unet.write(to: dir.appendingPathComponent("unet.json"), atomically: true, encoding: .utf8)
+        try? TrainProcessTests.tinyUNetConfig().write(to: dir.appendingPathComponent("unet.json"), atomically: true, encoding: .utf8)
         let base = """
         task: base
         output_dir: \(dir.appendingPathComponent("base-run").path)

@@ -39,26 +39,34 @@ final class PollWakeTimerTests: XCTestCase {
 
     /// The sockets' flags come first, then the descriptors', each for its own item.
     func testSocketsAndDescriptorsReportSeparately() throws {
-        let context = try ZMQContext()
-        let router = try ZMQSocket(context: context, kind: .router)
-        let dealer = try ZMQSocket(context: context, kind: .dealer)
-        defer {
-            dealer.close()
-            router.close()
+        try withConnectedPair { router, dealer in
+            let timer = try PollWakeTimer()
+            try dealer.send([Data("hello".utf8)])
+            var readable = [false, false]
+            for _ in 0..<100 where !readable[0] {
+                readable = try ZMQSocket.pollReadable([router], fds: [timer.fd], timeout: 100)
+            }
+            XCTAssertEqual(readable, [true, false])
         }
-        try dealer.connect(try router.bind("tcp://127.0.0.1:*"))
-        let timer = try PollWakeTimer()
-        try dealer.send([Data("hello".utf8)])
-        var readable = [false, false]
-        for _ in 0..<100 where !readable[0] {
-            readable = try ZMQSocket.pollReadable([router], fds: [timer.fd], timeout: 100)
-        }
-        XCTAssertEqual(readable, [true, false])
     }
 
     /// `poll(_:wait:)`: a quiet socket returns after the wait with the expiry consumed, a socket
     /// with a message reports it, and no wait polls at once.
     func testPollWaitsForTheTimerOrASocket() throws {
+        try withConnectedPair { router, dealer in
+            let timer = try PollWakeTimer()
+            XCTAssertEqual(try timer.poll([router], wait: 0.0005), [false])
+            XCTAssertEqual(try ZMQSocket.pollReadable([], fds: [timer.fd], timeout: 0), [false], "the expiry was consumed")
+            XCTAssertEqual(try timer.poll([router], wait: 0), [false])
+            try dealer.send([Data("hello".utf8)])
+            var readable = [false]
+            for _ in 0..<100 where !readable[0] { readable = try timer.poll([router], wait: 0.1) }
+            XCTAssertEqual(readable, [true])
+        }
+    }
+
+    /// A ROUTER and a DEALER connected over loopback TCP (they keep their context alive), closed after `body`.
+    private func withConnectedPair(_ body: (_ router: ZMQSocket, _ dealer: ZMQSocket) throws -> Void) throws {
         let context = try ZMQContext()
         let router = try ZMQSocket(context: context, kind: .router)
         let dealer = try ZMQSocket(context: context, kind: .dealer)
@@ -67,13 +75,6 @@ final class PollWakeTimerTests: XCTestCase {
             router.close()
         }
         try dealer.connect(try router.bind("tcp://127.0.0.1:*"))
-        let timer = try PollWakeTimer()
-        XCTAssertEqual(try timer.poll([router], wait: 0.0005), [false])
-        XCTAssertEqual(try ZMQSocket.pollReadable([], fds: [timer.fd], timeout: 0), [false], "the expiry was consumed")
-        XCTAssertEqual(try timer.poll([router], wait: 0), [false])
-        try dealer.send([Data("hello".utf8)])
-        var readable = [false]
-        for _ in 0..<100 where !readable[0] { readable = try timer.poll([router], wait: 0.1) }
-        XCTAssertEqual(readable, [true])
+        try body(router, dealer)
     }
 }

@@ -21,13 +21,18 @@ final class TrainProcessTests: XCTestCase {
         let scenes = try run(Self.executable("sura"), ["data", "scenes", "--out", path("data"), "--count", "16", "--canvas", "16",
                                                      "--max-items", "1", "--seed", "3"])
         XCTAssertEqual(scenes.status, 0, scenes.output)
-        let unet = """
+        try Self.tinyUNetConfig().write(to: work.appendingPathComponent("unet.json"), atomically: true, encoding: .utf8)
+    }
+
+    /// The config.json of a 16×16 RGB UNet conditioned on MiniLM's 384-wide tokens: (8, 16)
+    /// channels by default, the tests' tiny model.
+    static func tinyUNetConfig(channels: [Int] = [8, 16], normNumGroups: Int = 4, attentionHeadDim: Int = 2) -> String {
+        """
         {"_class_name": "UNet2DConditionModel", "sample_size": 16, "in_channels": 3, "out_channels": 3,
          "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "mid_block_type": "UNetMidBlock2DCrossAttn",
-         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "block_out_channels": [8, 16], "layers_per_block": 1,
-         "norm_num_groups": 4, "cross_attention_dim": 384, "attention_head_dim": 2}
+         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "block_out_channels": \(channels), "layers_per_block": 1,
+         "norm_num_groups": \(normNumGroups), "cross_attention_dim": 384, "attention_head_dim": \(attentionHeadDim)}
         """
-        try unet.write(to: work.appendingPathComponent("unet.json"), atomically: true, encoding: .utf8)
     }
 
     override func tearDownWithError() throws {
@@ -38,7 +43,8 @@ final class TrainProcessTests: XCTestCase {
 
     /// A config for the tiny model; `extra` lines are appended (YAML).
     func writeConfig(_ name: String, output: String, dp: Int = 1, steps: Int = 4, batch: Int = 4, every: Int = 2,
-                     sampleEvery: Int? = nil, seed: Int = 0, extra: String = "", base: String = "") throws -> String {
+                     sampleEvery: Int? = nil, seed: Int = 0, extra: String = "", base: String = "",
+                     unet: String = "unet.json") throws -> String {
         let text = """
         task: base
         seed: \(seed)
@@ -48,7 +54,7 @@ final class TrainProcessTests: XCTestCase {
         optim: {learning_rate: 1.0e-3, warmup_steps: 1, steps: \(steps), batch_size: \(batch), ema_decay: 0.9}
         checkpoint: {every: \(every)\(sampleEvery.map { ", sample_every: \($0)" } ?? "")}
         topology: {dp: \(dp), pp: 1}
-        base: {unet: \(path("unet.json")), text_encoder: \(Self.textEncoder.path), max_length: 12\(base)}
+        base: {unet: \(path(unet)), text_encoder: \(Self.textEncoder.path), max_length: 12\(base)}
         \(extra)
         """
         let url = work.appendingPathComponent(name)
@@ -87,18 +93,10 @@ final class TrainProcessTests: XCTestCase {
     /// bit. Without it the 2-thread steps come out different in their last bits.
     func testDeterministicRunResumesOnAnotherThreadCount() throws {
         // Wide enough (32 and 64 channels) that its GEMMs are split over 2 threads.
-        let wide = """
-        {"_class_name": "UNet2DConditionModel", "sample_size": 16, "in_channels": 3, "out_channels": 3,
-         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "mid_block_type": "UNetMidBlock2DCrossAttn",
-         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "block_out_channels": [32, 64], "layers_per_block": 1,
-         "norm_num_groups": 8, "cross_attention_dim": 384, "attention_head_dim": 8}
-        """
-        try wide.write(to: work.appendingPathComponent("unet-wide.json"), atomically: true, encoding: .utf8)
+        try Self.tinyUNetConfig(channels: [32, 64], normNumGroups: 8, attentionHeadDim: 8)
+            .write(to: work.appendingPathComponent("unet-wide.json"), atomically: true, encoding: .utf8)
         func writeWideConfig(_ name: String, output: String) throws -> String {
-            let config = try writeConfig(name, output: output)
-            try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: path("unet.json"), with: path("unet-wide.json"))
-                .write(toFile: config, atomically: true, encoding: .utf8)
-            return config
+            try writeConfig(name, output: output, unet: "unet-wide.json")
         }
         func resumed(_ name: String, _ flags: [String]) throws -> [Int: Double] {
             let config = try writeWideConfig("\(name).yaml", output: name)

@@ -18,11 +18,19 @@ final class DeterministicThreadsTests: XCTestCase {
         Threads.deterministic = savedDeterministic
     }
 
-    /// `body`'s values on each thread count; the first count's are the reference.
-    private func bitsAcrossThreadCounts(_ counts: [Int] = [1, 2, 3], _ body: () throws -> [Float]) rethrows -> [[UInt32]] {
-        try counts.map { count in
+    private let threadCounts = [1, 2, 3]
+
+    /// Fails unless `body` gives the same bits on every one of `threadCounts`.
+    private func assertSameBitsAcrossThreadCounts(_ what: String, _ body: () throws -> [Float]) rethrows {
+        var reference: [UInt32]?
+        for count in threadCounts {
             Threads.count = count
-            return try body().map(\.bitPattern)
+            let bits = try body().map(\.bitPattern)
+            if let reference {
+                XCTAssertTrue(bits == reference, "\(what): \(count) threads differ from \(threadCounts[0])")
+            } else {
+                reference = bits
+            }
         }
     }
 
@@ -34,16 +42,13 @@ final class DeterministicThreadsTests: XCTestCase {
                 for transB in [false, true] {
                     let a = (0 ..< m * k).map { _ in Float(rng.nextUniform() - 0.5) }
                     let b = (0 ..< k * n).map { _ in Float(rng.nextUniform() - 0.5) }
-                    let runs = bitsAcrossThreadCounts {
+                    assertSameBitsAcrossThreadCounts("\(m)×\(n)×\(k) transA \(transA) transB \(transB)") {
                         var c = [Float](repeating: 0, count: m * n)
                         c.withUnsafeMutableBufferPointer { cp in
                             parallelSgemm(transA: transA, transB: transB, m: m, n: n, k: k, a, lda: transA ? m : k,
                                           b, ldb: transB ? k : n, beta: 0, cp.baseAddress!, ldc: n)
                         }
                         return c
-                    }
-                    for (i, run) in runs.enumerated().dropFirst() {
-                        XCTAssertTrue(run == runs[0], "\(m)×\(n)×\(k) transA \(transA) transB \(transB): \([1, 2, 3][i]) threads differ from 1")
                     }
                 }
             }
@@ -57,15 +62,12 @@ final class DeterministicThreadsTests: XCTestCase {
         let x0 = Tensor.randn([3, 16, 64, 64], using: &rng)
         let w0 = Tensor.randn([8, 16, 3, 3], using: &rng) * 0.1
         let b0 = Tensor.randn([8], using: &rng)
-        let runs = try bitsAcrossThreadCounts {
+        try assertSameBitsAcrossThreadCounts("conv2d") {
             let x = x0.contiguousCopy(), w = w0.contiguousCopy(), b = b0.contiguousCopy()
             for t in [x, w, b] { t.requiresGrad = true }
             let y = x.conv2d(weight: w, bias: b, padding: (1, 1))
             (y * y).sum().backward()
             return y.scalars + (try XCTUnwrap(x.grad)).scalars + (try XCTUnwrap(w.grad)).scalars + (try XCTUnwrap(b.grad)).scalars
-        }
-        for (i, run) in runs.enumerated().dropFirst() {
-            XCTAssertTrue(run == runs[0], "conv2d: \([1, 2, 3][i]) threads differ from 1")
         }
     }
 }
