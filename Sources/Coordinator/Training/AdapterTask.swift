@@ -198,7 +198,7 @@ public final class AdapterTask: TrainingTask {
             } else {
                 llmTable = try tables.table("LLM layer \(llm.layer)", shown + [""], identity: llmIdentity, log: log) { prompts in
                     let (hidden, mask) = try llm.encode(prompts)
-                    return Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2)
+                    return Self.llmTableRows(hidden: hidden, mask: mask)
                 }
             }
             // The checksum lets runs with other topologies prove they computed the same features.
@@ -248,7 +248,7 @@ public final class AdapterTask: TrainingTask {
                 var parts: [Tensor] = []
                 for start in stride(from: 0, to: missing.count, by: llmChunk) {
                     let (hidden, mask) = try llm.encode(Array(missing[start ..< min(start + llmChunk, missing.count)]))
-                    parts.append(Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2))
+                    parts.append(llmTableRows(hidden: hidden, mask: mask))
                 }
                 return parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0)
             }
@@ -261,6 +261,12 @@ public final class AdapterTask: TrainingTask {
     }
 
     func prompt(_ record: DatasetRecord) -> String { section.promptField == "text" ? record.text : record.prompt }
+
+    /// LLM table rows [B, Ll, Dl + 1] from hidden [B, Ll, Dl] and mask [B, Ll]: the mask is the
+    /// last channel (`llmFeatures` splits them again).
+    static func llmTableRows(hidden: Tensor, mask: Tensor) -> Tensor {
+        Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2)
+    }
 
     /// The LLM table's rows for `prompts`, split back into hidden [B, Ll, Dl] and mask [B, Ll]
     /// (the table stores the mask as one extra channel); nil without an LLM table.

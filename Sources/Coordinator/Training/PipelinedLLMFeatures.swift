@@ -77,7 +77,7 @@ enum PipelinedLLMFeatures {
             if stage == stages - 1 {
                 for (k, states) in outputs.enumerated() {
                     let (hidden, mask) = encoder.pack(states, batch: batches[k])
-                    let joined = Tensor.concat([hidden, mask.unsqueezed(2)], axis: 2).contiguousCopy()
+                    let joined = AdapterTask.llmTableRows(hidden: hidden, mask: mask).contiguousCopy()
                     values.withUnsafeMutableBufferPointer { buffer in
                         (buffer.baseAddress! + done * rowSize).update(from: joined.storage.pointer, count: joined.count)
                     }
