@@ -82,6 +82,20 @@ final class JobSpecTests: XCTestCase {
         XCTAssertEqual(environment.first { $0.0 == "SURA_THREADS" }?.1, "3")
     }
 
+    func testDeterministicExportsTheVariableEveryBackendPasses() throws {
+        let spec = try JobSpec(yaml: "name: t\nconfig: c\nranks: 2\ndeterministic: true\n")
+        XCTAssertTrue(spec.deterministic)
+        XCTAssertEqual(spec.rankEnvironment.first { $0.0 == "SURA_DETERMINISTIC" }?.1, "1")
+        XCTAssertEqual(try JobSpec(yaml: try spec.yaml()), spec)
+        let plain = try JobSpec(yaml: "name: t\nconfig: c\nranks: 2\ndeterministic: no\n")
+        XCTAssertFalse(plain.rankEnvironment.contains { $0.0 == "SURA_DETERMINISTIC" })
+        XCTAssertFalse(try plain.yaml().contains("deterministic"))
+        XCTAssertThrowsError(try JobSpec(yaml: "name: t\nconfig: c\nranks: 2\ndeterministic: maybe\n")) { error in
+            XCTAssertEqual((error as? JobSpecError)?.key, "deterministic")
+            XCTAssertTrue("\(error)".contains("expected true or false, got 'maybe'"), "\(error)")
+        }
+    }
+
     func testYAMLAndJSONRoundTrip() throws {
         let spec = try JobSpec(yaml: full)
         XCTAssertEqual(try JobSpec(yaml: try spec.yaml()), spec)

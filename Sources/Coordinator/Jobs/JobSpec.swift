@@ -109,6 +109,10 @@ public struct JobSpec: Codable, Equatable, Sendable {
     /// Threads each rank uses for BLAS and Sura's loops (exported as `SURA_THREADS`,
     /// `OMP_NUM_THREADS` and `OPENBLAS_NUM_THREADS`).
     public var threadsPerRank: Int = 1
+    /// Results independent of the thread count (`train --deterministic`): exported as
+    /// `SURA_DETERMINISTIC=1`, so a job resumed with another `threads_per_rank` continues the same
+    /// bits.
+    public var deterministic = false
     /// Container image (Kubernetes backend).
     public var image: String?
     public var resources = Resources()
@@ -127,14 +131,14 @@ public struct JobSpec: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, kind, config, ranks, hosts, hostfile, image, resources, backend, slurm, kubernetes, env
+        case name, kind, config, ranks, hosts, hostfile, deterministic, image, resources, backend, slurm, kubernetes, env
         case threadsPerRank = "threads_per_rank"
         case mpirunArgs = "mpirun_args"
     }
 
     /// The keys a job file may hold at the top level (`np` is another name for `ranks`).
     public static let topLevelKeys = ["name", "kind", "config", "ranks", "np", "hosts", "hostfile", "threads_per_rank",
-                                      "image", "resources", "backend", "slurm", "kubernetes", "env", "mpirun_args"]
+                                      "deterministic", "image", "resources", "backend", "slurm", "kubernetes", "env", "mpirun_args"]
 
     /// Reads and checks a job file. Relative `config` and `hostfile` paths become absolute,
     /// relative to the job file's folder.
@@ -165,6 +169,7 @@ public struct JobSpec: Codable, Equatable, Sendable {
         kind = try top.choice("kind", Kind.self) ?? .train
         backend = try top.choice("backend", Backend.self) ?? .local
         threadsPerRank = try top.int("threads_per_rank", in: 1...1024) ?? 1
+        deterministic = try top.bool("deterministic") ?? false
         image = try top.string("image")
         if let image, image.isEmpty || image.contains(where: \.isWhitespace) {
             throw top.error("image", "expected an image reference such as 'registry.example/sura:latest', got '\(image)'")
@@ -312,10 +317,12 @@ public struct JobSpec: Codable, Equatable, Sendable {
     /// Memory per rank in bytes, when given.
     public var bytesPerRank: Int64? { resources.memory.flatMap(ResourceQuantity.bytes) }
 
-    /// The environment every rank gets: the thread settings, then `env` (which may override them).
+    /// The environment every rank gets: the thread settings (and `SURA_DETERMINISTIC` when asked
+    /// for), then `env` (which may override them).
     public var rankEnvironment: [(String, String)] {
         var pairs: [(String, String)] = [("SURA_THREADS", "\(threadsPerRank)"), ("OMP_NUM_THREADS", "\(threadsPerRank)"),
                                          ("OPENBLAS_NUM_THREADS", "\(threadsPerRank)")]
+        if deterministic { pairs.append(("SURA_DETERMINISTIC", "1")) }
         pairs.removeAll { env[$0.0] != nil }
         return pairs + env.keys.sorted().map { ($0, env[$0]!) }
     }
@@ -336,6 +343,7 @@ public struct JobSpec: Codable, Equatable, Sendable {
         hosts = try c.decodeIfPresent([Host].self, forKey: .hosts) ?? []
         hostfile = try c.decodeIfPresent(String.self, forKey: .hostfile)
         threadsPerRank = try c.decodeIfPresent(Int.self, forKey: .threadsPerRank) ?? 1
+        deterministic = try c.decodeIfPresent(Bool.self, forKey: .deterministic) ?? false
         image = try c.decodeIfPresent(String.self, forKey: .image)
         resources = try c.decodeIfPresent(Resources.self, forKey: .resources) ?? Resources()
         backend = try c.decodeIfPresent(Backend.self, forKey: .backend) ?? .local
@@ -354,6 +362,7 @@ public struct JobSpec: Codable, Equatable, Sendable {
         if !hosts.isEmpty { try c.encode(hosts, forKey: .hosts) }
         try c.encodeIfPresent(hostfile, forKey: .hostfile)
         try c.encode(threadsPerRank, forKey: .threadsPerRank)
+        if deterministic { try c.encode(deterministic, forKey: .deterministic) }
         try c.encodeIfPresent(image, forKey: .image)
         if resources != Resources() { try c.encode(resources, forKey: .resources) }
         try c.encode(backend, forKey: .backend)

@@ -117,6 +117,16 @@ struct JobYAMLReader {
         return value
     }
 
+    /// A YAML boolean (`true`/`false`, also `yes`/`no` and `on`/`off` as YAML 1.1 reads them).
+    func bool(_ key: String) throws -> Bool? {
+        guard let text = try string(key) else { return nil }
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw error(key, "expected true or false, got '\(text)'")
+        }
+    }
+
     /// One of an enumeration's raw values.
     func choice<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) throws -> E? where E.RawValue == String {
         guard let text = try string(key) else { return nil }
