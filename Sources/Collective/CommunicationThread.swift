@@ -180,22 +180,33 @@ struct Deadline {
 }
 
 /// How many threads of this process are blocked in `CollectiveRequest.wait()`: while one is, the
-/// job it waits for is on its critical path.
+/// job it waits for is on its critical path. A thread that starts waiting wakes every poller
+/// sleeping in `sleep(microseconds:)`, so a job started ahead of need (a pipeline stage's next
+/// receive) answers the waiter at once instead of at the end of its pause.
 final class BlockedWaiters: @unchecked Sendable {
     static let shared = BlockedWaiters()
-    private let lock = NSLock()
+    private let condition = NSCondition()
     private var count = 0
 
     func add(_ delta: Int) {
-        lock.lock()
+        condition.lock()
         count += delta
-        lock.unlock()
+        if delta > 0 { condition.broadcast() }
+        condition.unlock()
     }
 
     var anyone: Bool {
-        lock.lock()
-        defer { lock.unlock() }
+        condition.lock()
+        defer { condition.unlock() }
         return count > 0
+    }
+
+    /// Sleeps for `microseconds`, or less if a thread starts waiting meanwhile (or already waits).
+    func sleep(microseconds: UInt32) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard count == 0 else { return }
+        _ = condition.wait(until: Date(timeIntervalSinceNow: Double(microseconds) / 1e6))
     }
 }
 
@@ -228,7 +239,7 @@ struct PollingBackoff {
             sched_yield()
             return
         }
-        usleep(sleepMicros)
+        BlockedWaiters.shared.sleep(microseconds: sleepMicros)
         sleepMicros = min(sleepMicros * 2, 500)
     }
 }

@@ -116,7 +116,9 @@ final class DistributedProcessTests: XCTestCase {
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: trace)) as? [String: Any]
         let events = json?["traceEvents"] as? [[String: Any]] ?? []
         XCTAssertEqual(Set(events.compactMap { $0["pid"] as? Int }), [0, 1], "both ranks in the merged trace")
-        XCTAssertTrue(events.contains { ($0["name"] as? String)?.hasPrefix("exchange with stage") == true })
+        for span in ["send of activation", "receive of activation", "send of gradient", "receive of gradient"] {
+            XCTAssertTrue(events.contains { ($0["name"] as? String)?.hasPrefix(span) == true }, "a '\(span)' span")
+        }
     }
 
     func testAMismatchedTopologyIsAClearErrorNotAHang() throws {

@@ -155,6 +155,34 @@ final class PipelineStageTests: SingleThreadedTestCase {
         }
     }
 
+    func testTheNextMessageIsReceivedWhileTheStageComputes() {
+        let timelines = PerRank<[Timeline.Span]>(size: 2)
+        runRanksExpectingSuccess(2) { comm in
+            let stage = try PipelineStage(communicator: comm, layers: [SleepyLayer(forward: 15, backward: 30)])
+            let timeline = Timeline(rank: comm.rank)
+            stage.timeline = timeline
+            _ = try stage.run(.gpipe, microBatches: 4, input: { _ in Tensor(zeros: [2, 3]) }, loss: { out, _ in out.sum() })
+            timelines[comm.rank] = timeline.spans
+        }
+        func span(_ rank: Int, _ name: String) -> Timeline.Span? {
+            timelines[rank]?.first { $0.name == name }
+        }
+        // Stage 1 starts receiving activation k+1 once it has taken activation k, so that receive
+        // is under way while forward k computes; stage 0 likewise for gradient k−1 during backward k.
+        for k in 0 ..< 3 {
+            guard let receive = span(1, "receive of activation \(k + 1) from stage 0"), let forward = span(1, "forward \(k)") else {
+                return XCTFail("stage 1 spans: \(timelines[1]?.map(\.name) ?? [])")
+            }
+            XCTAssertLessThan(receive.start, forward.end, "activation \(k + 1)")
+        }
+        for k in (1 ..< 4).reversed() {
+            guard let receive = span(0, "receive of gradient \(k - 1) from stage 1"), let backward = span(0, "backward \(k)") else {
+                return XCTFail("stage 0 spans: \(timelines[0]?.map(\.name) ?? [])")
+            }
+            XCTAssertLessThan(receive.start, backward.end, "gradient \(k - 1)")
+        }
+    }
+
     // MARK: Failures
 
     func testAMessageTheScheduleDidNotExpectIsAnError() {

@@ -157,6 +157,13 @@ public final class PipelineStage {
         result.backwardSeconds = Array(repeating: 0, count: m)
         let started = DispatchTime.now().uptimeNanoseconds
         let lastBackward = ops.lastIndex { if case .backward = $0 { return true } else { return false } }
+        let receives = PrefetchedReceives(stage: self, plan: ops.compactMap { op -> PrefetchedReceives.Expected? in
+            switch op {
+            case let .receiveActivation(k), let .sendGradientReceiveActivation(_, k): return .init(kind: 1, microBatch: k, peer: stage - 1)
+            case let .receiveGradient(k), let .sendActivationReceiveGradient(_, k): return .init(kind: 2, microBatch: k, peer: stage + 1)
+            default: return nil
+            }
+        })
 
         func adopt(_ received: Tensor, _ k: Int) {
             received.requiresGrad = sendsGradient
@@ -217,20 +224,20 @@ public final class PipelineStage {
             case let .sendActivation(k):
                 try send(outputs[k]!, kind: 1, microBatch: k, to: stage + 1)
             case let .receiveActivation(k):
-                adopt(try receive(kind: 1, microBatch: k, from: stage - 1), k)
+                adopt(try receives.take(kind: 1, microBatch: k, from: stage - 1), k)
             case let .sendGradient(k):
                 try send(inputGradient(k), kind: 2, microBatch: k, to: stage - 1)
                 inputs[k] = nil
             case let .receiveGradient(k):
-                upstream[k] = try receive(kind: 2, microBatch: k, from: stage + 1)
+                upstream[k] = try receives.take(kind: 2, microBatch: k, from: stage + 1)
             case let .sendActivationReceiveGradient(f, b):
-                upstream[b] = try exchange(outputs[f]!, sendKind: 1, sendMicroBatch: f,
-                                           receiveKind: 2, receiveMicroBatch: b, with: stage + 1)
+                // The send is posted before the wait, as the exchange's two halves must be.
+                try send(outputs[f]!, kind: 1, microBatch: f, to: stage + 1)
+                upstream[b] = try receives.take(kind: 2, microBatch: b, from: stage + 1)
             case let .sendGradientReceiveActivation(b, f):
-                let received = try exchange(inputGradient(b), sendKind: 2, sendMicroBatch: b,
-                                            receiveKind: 1, receiveMicroBatch: f, with: stage - 1)
+                try send(inputGradient(b), kind: 2, microBatch: b, to: stage - 1)
                 inputs[b] = nil
-                adopt(received, f)
+                adopt(try receives.take(kind: 1, microBatch: f, from: stage - 1), f)
             }
             if !isLast, case let .sendActivation(k) = op, !training { outputs[k] = nil }
         }
@@ -284,11 +291,12 @@ public final class PipelineStage {
     }
 
     // Every message travels over the communicator's background channel, in schedule order.
-    // Receives (and exchanges) run on the communication thread and are waited for at once; sends
-    // are posted and not waited for, so the stage computes its next micro-batch while the
+    // Receives run on the communication thread, one ahead of the stage (`PrefetchedReceives`);
+    // sends are posted and not waited for, so the stage computes its next micro-batch while the
     // neighbour takes the last one (a synchronous send would make the stages advance in lock
     // step, adding every jitter to the bubble). The comm thread performs exactly the sequence of
-    // blocking calls the schedule lists, which is what keeps it deadlock-free.
+    // receives the schedule lists, and the stage thread never waits for the comm thread to post
+    // a send, which is what keeps it deadlock-free.
 
     // A send is posted (MPI_Isend) by the stage's own thread and not waited for: had it gone
     // through the communication thread, the post would wait until the scheduler preempted the
@@ -313,43 +321,18 @@ public final class PipelineStage {
         }
     }
 
-    private func receive(kind: Int, microBatch k: Int, from peer: Int) throws -> Tensor {
-        let operation = "receive of \(kind == 1 ? "activation" : "gradient") \(k) from stage \(peer)"
+    /// Starts the receive of the message `expected` names on the communication thread; the
+    /// returned request completes once the tensor is in `arrival`.
+    fileprivate func startReceive(_ expected: PrefetchedReceives.Expected, into arrival: Arrival) -> CollectiveRequest {
         let stage = self.stage
-        let arrived = Arrival()
-        try wait(for: submit(operation, .receive) { channel in
-            let head = try channel.receive(count: Self.headerCount, from: peer, tag: Self.messageTag)
-            let t = Tensor(zeros: try Self.shape(from: head, kind: kind, microBatch: k, peer: peer, stage: stage))
+        return submit(expected.operation, .receive) { channel in
+            let head = try channel.receive(count: Self.headerCount, from: expected.peer, tag: Self.messageTag)
+            let t = Tensor(zeros: try Self.shape(from: head, kind: expected.kind, microBatch: expected.microBatch,
+                                                 peer: expected.peer, stage: stage))
             try channel.receive(into: UnsafeMutableBufferPointer(start: t.pointer, count: t.count),
-                                from: peer, tag: Self.messageTag)
-            arrived.tensor = t
-        }, operation)
-        return arrived.tensor!
-    }
-
-    /// Sends one tensor to `peer` while receiving one from it, both posted before either waits.
-    private func exchange(_ tensor: Tensor, sendKind: Int, sendMicroBatch: Int, receiveKind: Int,
-                          receiveMicroBatch: Int, with peer: Int) throws -> Tensor {
-        let operation = "exchange with stage \(peer)"
-        let outHeader = try header(kind: sendKind, microBatch: sendMicroBatch, shape: tensor.shape)
-        let c = tensor.isContiguous ? tensor : tensor.contiguousCopy()
-        let stage = self.stage
-        let arrived = Arrival()
-        try wait(for: submit(operation, .send) { channel in
-            var inHeader = [Float](repeating: 0, count: Self.headerCount)
-            try outHeader.withUnsafeBufferPointer { out in
-                try inHeader.withUnsafeMutableBufferPointer {
-                    try channel.sendReceive(out, to: peer, into: $0, from: peer, tag: Self.messageTag)
-                }
-            }
-            let t = Tensor(zeros: try Self.shape(from: inHeader, kind: receiveKind, microBatch: receiveMicroBatch,
-                                                 peer: peer, stage: stage))
-            try channel.sendReceive(UnsafeBufferPointer(start: c.pointer, count: c.count), to: peer,
-                                    into: UnsafeMutableBufferPointer(start: t.pointer, count: t.count),
-                                    from: peer, tag: Self.messageTag)
-            arrived.tensor = t
-        }, operation)
-        return arrived.tensor!
+                                from: expected.peer, tag: Self.messageTag)
+            arrival.tensor = t
+        }
     }
 
     /// Queues `work` on the communication thread, recording its span on the communication lane.
@@ -363,7 +346,7 @@ public final class PipelineStage {
         }
     }
 
-    private func wait(for request: CollectiveRequest, _ operation: String) throws {
+    fileprivate func wait(for request: CollectiveRequest, _ operation: String) throws {
         do {
             try request.wait()
         } catch {
@@ -396,6 +379,53 @@ public final class PipelineStage {
 /// completion orders the write before the read).
 private final class Arrival: @unchecked Sendable {
     var tensor: Tensor?
+}
+
+/// A step's receives in schedule order, each started on the communication thread as soon as the
+/// one before it has been taken, so the message arrives while the stage computes. Waiting at the
+/// moment of need instead cost a hand-over to the communication thread and back per message:
+/// 0.1–0.3 ms each, 16 per step at m = 8, the bulk of measured − replayed idle in
+/// `sura bench train` (bench/RESULTS.md). The comm thread still runs one receive at a time, in
+/// the order the stage takes them.
+private final class PrefetchedReceives {
+    struct Expected {
+        let kind: Int
+        let microBatch: Int
+        let peer: Int
+
+        var operation: String { "receive of \(kind == 1 ? "activation" : "gradient") \(microBatch) from stage \(peer)" }
+    }
+
+    private unowned let stage: PipelineStage
+    private let plan: [Expected]
+    private var next = 0
+    private var pending: (request: CollectiveRequest, arrival: Arrival)?
+
+    init(stage: PipelineStage, plan: [Expected]) {
+        self.stage = stage
+        self.plan = plan
+        startNext()
+    }
+
+    private func startNext() {
+        guard next < plan.count else { return }
+        let arrival = Arrival()
+        pending = (stage.startReceive(plan[next], into: arrival), arrival)
+    }
+
+    /// The next message of the plan, which must be the one named (the schedule says so).
+    func take(kind: Int, microBatch k: Int, from peer: Int) throws -> Tensor {
+        guard next < plan.count, let (request, arrival) = pending,
+              plan[next].kind == kind, plan[next].microBatch == k, plan[next].peer == peer else {
+            throw PipelineError.invalid("stage \(stage.stage) took a receive its schedule does not list next")
+        }
+        let expected = plan[next]
+        pending = nil
+        try stage.wait(for: request, expected.operation)
+        next += 1
+        startNext()
+        return arrival.tensor!
+    }
 }
 
 /// A message a stage posted: header and payload stay alive (their memory untouched) until its
