@@ -57,16 +57,18 @@ let package = Package(
             "Coordinator", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: v5),
 
-        // Tests: one target per library.
+        // Tests: one target per library, and what several of them share (built executables,
+        // child processes, in-process rank groups).
+        .target(name: "SuraTestSupport", dependencies: ["Collective"], path: "Tests/SuraTestSupport", swiftSettings: v5),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"],
                     resources: [.copy("Fixtures")], swiftSettings: v5),
-        .testTarget(name: "ModelsTests", dependencies: ["Models"],
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "SuraTestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: v5),
-        .testTarget(name: "CollectiveTests", dependencies: ["Collective"], swiftSettings: v5),
+        .testTarget(name: "CollectiveTests", dependencies: ["Collective", "SuraTestSupport"], swiftSettings: v5),
         .testTarget(name: "DataTests", dependencies: ["Data"],
                     resources: [.copy("Fixtures")], swiftSettings: v5),
-        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Yams"],
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Yams", "SuraTestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: v5),
-        .testTarget(name: "WorkerTests", dependencies: ["Worker"], swiftSettings: v5),
+        .testTarget(name: "WorkerTests", dependencies: ["Worker", "SuraTestSupport"], swiftSettings: v5),
     ]
 )

@@ -1,13 +1,14 @@
 import Collective
 import Foundation
+import SuraTestSupport
 import XCTest
 
 /// Stalls, bad arguments and asynchronous work: nothing may hang, every error names what went wrong.
 final class CollectiveFailureTests: XCTestCase {
     func testReceiveFromASilentRankTimesOutNamingIt() {
-        let errors = Collected<CollectiveError>(size: 3)
-        let elapsed = Collected<Double>(size: 3)
-        runGroup(size: 3, timeout: 0.2) { comm in
+        let errors = PerRank<CollectiveError>(size: 3)
+        let elapsed = PerRank<Double>(size: 3)
+        runRanksExpectingSuccess(3, timeout: 0.2) { comm in
             guard comm.rank == 0 else { return }    // rank 2 never sends
             let start = Date()
             do {
@@ -28,8 +29,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testSendToARankThatNeverReceivesTimesOut() {
-        let errors = Collected<CollectiveError>(size: 2)
-        runGroup(size: 2, timeout: 0.2) { comm in
+        let errors = PerRank<CollectiveError>(size: 2)
+        runRanksExpectingSuccess(2, timeout: 0.2) { comm in
             guard comm.rank == 1 else { return }
             do {
                 try comm.send([1, 2, 3], to: 0, tag: 0)
@@ -42,9 +43,9 @@ final class CollectiveFailureTests: XCTestCase {
 
     /// A posted send returns at once; its `finish` is what times out when nobody receives.
     func testPostedSendToARankThatNeverReceivesTimesOutInFinish() {
-        let errors = Collected<CollectiveError>(size: 2)
-        let returnedAtOnce = Collected<Bool>(size: 2)
-        runGroup(size: 2, timeout: 0.2) { comm in
+        let errors = PerRank<CollectiveError>(size: 2)
+        let returnedAtOnce = PerRank<Bool>(size: 2)
+        runRanksExpectingSuccess(2, timeout: 0.2) { comm in
             guard comm.rank == 1 else { return }
             let values: [Float] = [1, 2, 3]
             try values.withUnsafeBufferPointer { buffer in
@@ -63,8 +64,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testCollectiveNamesTheRanksThatNeverArrived() {
-        let errors = Collected<CollectiveError>(size: 4)
-        runGroup(size: 4, timeout: 0.3) { comm in
+        let errors = PerRank<CollectiveError>(size: 4)
+        runRanksExpectingSuccess(4, timeout: 0.3) { comm in
             guard comm.rank != 1 && comm.rank != 3 else { return }
             var values: [Float] = [1]
             do {
@@ -83,8 +84,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testTimeoutInsideASubgroupNamesTheWorldRank() {
-        let errors = Collected<CollectiveError>(size: 4)
-        runGroup(size: 4, timeout: 5) { comm in
+        let errors = PerRank<CollectiveError>(size: 4)
+        runRanksExpectingSuccess(4, timeout: 5) { comm in
             let sub = try comm.split(color: comm.rank % 2, key: 0)    // {0, 2} and {1, 3}
             sub.timeout = 0.2
             if comm.rank == 1 {
@@ -99,8 +100,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testWrongSizedMessageIsReportedWithBothSizes() {
-        let errors = Collected<CollectiveError>(size: 2)
-        runGroup(size: 2) { comm in
+        let errors = PerRank<CollectiveError>(size: 2)
+        runRanksExpectingSuccess(2) { comm in
             if comm.rank == 0 {
                 try comm.send([1, 2, 3], to: 1, tag: 5)
                 try comm.send([7], to: 1, tag: 5)
@@ -121,8 +122,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testCollectivesWithDifferentCountsFailOnEveryRank() {
-        let errors = Collected<CollectiveError>(size: 3)
-        runGroup(size: 3) { comm in
+        let errors = PerRank<CollectiveError>(size: 3)
+        runRanksExpectingSuccess(3) { comm in
             var values = [Float](repeating: 1, count: comm.rank == 2 ? 5 : 4)
             do {
                 try comm.allreduce(&values)
@@ -136,8 +137,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testDifferentCollectivesInTheSameRoundAreReported() {
-        let errors = Collected<CollectiveError>(size: 2)
-        runGroup(size: 2) { comm in
+        let errors = PerRank<CollectiveError>(size: 2)
+        runRanksExpectingSuccess(2) { comm in
             do {
                 if comm.rank == 0 {
                     try comm.barrier()
@@ -164,8 +165,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testInvalidArgumentsAreThrownNotTrapped() {
-        let messages = Collected<[String]>(size: 2)
-        runGroup(size: 2) { comm in
+        let messages = PerRank<[String]>(size: 2)
+        runRanksExpectingSuccess(2) { comm in
             var seen: [String] = []
             func expectFailure(_ body: () throws -> Void) {
                 do {
@@ -202,9 +203,9 @@ final class CollectiveFailureTests: XCTestCase {
 
     func testAsyncAllreduceReturnsAtOnceAndOverlapsWithWork() {
         let count = 1_000_003
-        let outcome = Collected<(startedIncomplete: Bool, foreground: [Float], work: Double, result: [Float])>(size: 3)
+        let outcome = PerRank<(startedIncomplete: Bool, foreground: [Float], work: Double, result: [Float])>(size: 3)
         let rankZeroLooked = DispatchSemaphore(value: 0)
-        runGroup(size: 3) { comm in
+        runRanksExpectingSuccess(3) { comm in
             let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
             defer { buffer.deallocate() }
             _ = buffer.initialize(from: contribution(rank: comm.rank, count: count))
@@ -232,8 +233,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testAsyncRingAndBackgroundJobsRunInSubmissionOrder() {
-        let results = Collected<[[Float]]>(size: 4)
-        runGroup(size: 4) { comm in
+        let results = PerRank<[[Float]]>(size: 4)
+        runRanksExpectingSuccess(4) { comm in
             let buffers = (0 ..< 3).map { k -> UnsafeMutableBufferPointer<Float> in
                 let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: 1001)
                 _ = buffer.initialize(from: contribution(rank: comm.rank, count: 1001).map { $0 * Float(k + 1) })
@@ -262,8 +263,8 @@ final class CollectiveFailureTests: XCTestCase {
     }
 
     func testAsyncFailureIsRethrownByWait() {
-        let errors = Collected<CollectiveError>(size: 2)
-        runGroup(size: 2, timeout: 0.2) { comm in
+        let errors = PerRank<CollectiveError>(size: 2)
+        runRanksExpectingSuccess(2, timeout: 0.2) { comm in
             guard comm.rank == 0 else { return }    // rank 1 never joins
             let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: 10)
             defer { buffer.deallocate() }

@@ -2,60 +2,6 @@ import Collective
 import Foundation
 import XCTest
 
-/// Runs `body` on every rank of a fresh in-process group (one thread per rank) and fails the
-/// test, instead of hanging it, if the ranks have not all returned within `limit` seconds.
-/// Results a rank wants to hand back go through `Collected`.
-func runGroup(size: Int, timeout: Double = 20, limit: Double = 120,
-              file: StaticString = #filePath, line: UInt = #line,
-              _ body: @escaping (Communicator) throws -> Void) {
-    let group: InProcessGroup
-    do {
-        group = try InProcessGroup(size: size, timeout: timeout)
-    } catch {
-        return XCTFail("\(error)", file: file, line: line)
-    }
-    let done = DispatchSemaphore(value: 0)
-    let outcome = Collected<Error?>(size: 1)
-    let runner = Thread {
-        do {
-            try group.run(body)
-        } catch {
-            outcome[0] = error
-        }
-        done.signal()
-    }
-    runner.stackSize = 4 << 20
-    runner.start()
-    if done.wait(timeout: .now() + limit) == .timedOut {
-        XCTFail("group of \(size) ranks did not finish within \(limit) s", file: file, line: line)
-        return
-    }
-    if let error = outcome[0] ?? nil {
-        XCTFail("group of \(size) ranks threw: \(error)", file: file, line: line)
-    }
-}
-
-/// One slot per rank for values the rank threads produce, read by the test afterwards.
-final class Collected<Value> {
-    private let lock = NSLock()
-    private var values: [Value?]
-
-    init(size: Int) {
-        values = Array(repeating: nil, count: size)
-    }
-
-    subscript(rank: Int) -> Value? {
-        get { lock.lock(); defer { lock.unlock() }; return values[rank] }
-        set { lock.lock(); values[rank] = newValue; lock.unlock() }
-    }
-
-    var all: [Value?] {
-        lock.lock()
-        defer { lock.unlock() }
-        return values
-    }
-}
-
 /// Rank r's element i: r+1+i (small integers, so every summation order is exact).
 func contribution(rank: Int, count: Int) -> [Float] {
     (0 ..< count).map { Float(rank + 1 + $0) }

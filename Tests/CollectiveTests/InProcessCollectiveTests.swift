@@ -1,5 +1,6 @@
 import Collective
 import Foundation
+import SuraTestSupport
 import XCTest
 
 final class InProcessCollectiveTests: XCTestCase {
@@ -8,8 +9,8 @@ final class InProcessCollectiveTests: XCTestCase {
         for n in 1 ... 5 {
             for count in [0, 1, 7, 100_003] {
                 for op in [ReduceOperation.sum, .average] {
-                    let results = Collected<[Float]>(size: n)
-                    runGroup(size: n) { comm in
+                    let results = PerRank<[Float]>(size: n)
+                    runRanksExpectingSuccess(n) { comm in
                         var values = contribution(rank: comm.rank, count: count)
                         try comm.allreduce(&values, op: op)
                         results[comm.rank] = values
@@ -25,8 +26,8 @@ final class InProcessCollectiveTests: XCTestCase {
     }
 
     func testAllreduceMinMaxAndDoubles() {
-        let results = Collected<([Float], [Float], Double)>(size: 4)
-        runGroup(size: 4) { comm in
+        let results = PerRank<([Float], [Float], Double)>(size: 4)
+        runRanksExpectingSuccess(4) { comm in
             var low = [Float(comm.rank), Float(-comm.rank)]
             var high = low
             try comm.allreduce(&low, op: .min)
@@ -43,8 +44,8 @@ final class InProcessCollectiveTests: XCTestCase {
 
     func testDirectAllreduceGivesIdenticalBitsOnEveryRank() {
         for n in 2 ... 5 {
-            let results = Collected<[Float]>(size: n)
-            runGroup(size: n) { comm in
+            let results = PerRank<[Float]>(size: n)
+            runRanksExpectingSuccess(n) { comm in
                 var values = noise(rank: comm.rank, count: 2001)
                 try comm.allreduce(&values, op: .average)
                 results[comm.rank] = values
@@ -58,8 +59,8 @@ final class InProcessCollectiveTests: XCTestCase {
     func testBroadcastFromEveryRoot() {
         for n in 1 ... 5 {
             for root in 0 ..< n {
-                let results = Collected<[Float]>(size: n)
-                runGroup(size: n) { comm in
+                let results = PerRank<[Float]>(size: n)
+                runRanksExpectingSuccess(n) { comm in
                     var values = comm.rank == root ? (0 ..< 7).map { Float(root * 10 + $0) }
                         : [Float](repeating: -1, count: 7)
                     try comm.broadcast(&values, root: root)
@@ -75,8 +76,8 @@ final class InProcessCollectiveTests: XCTestCase {
     func testAllgatherPlacesEachRankInOrder() {
         for n in 1 ... 5 {
             for count in [0, 1, 7] {
-                let results = Collected<[Float]>(size: n)
-                runGroup(size: n) { comm in
+                let results = PerRank<[Float]>(size: n)
+                runRanksExpectingSuccess(n) { comm in
                     results[comm.rank] = try comm.allgather((0 ..< count).map { Float(comm.rank * 100 + $0) })
                 }
                 let expected = (0 ..< n).flatMap { peer in (0 ..< count).map { Float(peer * 100 + $0) } }
@@ -88,8 +89,8 @@ final class InProcessCollectiveTests: XCTestCase {
     func testReduceScatterSumAndAverage() {
         for n in 1 ... 5 {
             let m = 7
-            let results = Collected<([Float], [Float])>(size: n)
-            runGroup(size: n) { comm in
+            let results = PerRank<([Float], [Float])>(size: n)
+            runRanksExpectingSuccess(n) { comm in
                 let input = (0 ..< n * m).map { Float(comm.rank + $0) }
                 results[comm.rank] = (try comm.reduceScatter(input, op: .sum),
                                       try comm.reduceScatter(input, op: .average))
@@ -104,8 +105,8 @@ final class InProcessCollectiveTests: XCTestCase {
 
     func testSplitFormsGroupsOrderedByKey() {
         let n = 5
-        let results = Collected<(rank: Int, size: Int, sum: Float, echoed: Float)>(size: n)
-        runGroup(size: n) { comm in
+        let results = PerRank<(rank: Int, size: Int, sum: Float, echoed: Float)>(size: n)
+        runRanksExpectingSuccess(n) { comm in
             // Odd and even world ranks, each group ordered by descending world rank.
             let sub = try comm.split(color: comm.rank % 2, key: -comm.rank)
             var sum = [Float(comm.rank)]
@@ -139,8 +140,8 @@ final class InProcessCollectiveTests: XCTestCase {
     }
 
     func testNestedSplitAndWholeGroupSplit() {
-        let results = Collected<[Float]>(size: 4)
-        runGroup(size: 4) { comm in
+        let results = PerRank<[Float]>(size: 4)
+        runRanksExpectingSuccess(4) { comm in
             let whole = try comm.split(color: 0, key: comm.rank)
             let pairs = try whole.split(color: whole.rank / 2, key: 0)
             var values = [Float(comm.rank)]
@@ -155,8 +156,8 @@ final class InProcessCollectiveTests: XCTestCase {
 
     func testSendReceiveAndControlBytes() {
         let n = 4
-        let results = Collected<([Float], [Float], String, [Float])>(size: n)
-        runGroup(size: n) { comm in
+        let results = PerRank<([Float], [Float], String, [Float])>(size: n)
+        runRanksExpectingSuccess(n) { comm in
             let r = comm.rank
             let right = (r + 1) % n, left = (r + n - 1) % n
             var shifted = [Float](repeating: 0, count: 5)
@@ -195,8 +196,8 @@ final class InProcessCollectiveTests: XCTestCase {
     }
 
     func testMessagesWithTheSameTagArriveInOrder() {
-        let results = Collected<[Float]>(size: 2)
-        runGroup(size: 2) { comm in
+        let results = PerRank<[Float]>(size: 2)
+        runRanksExpectingSuccess(2) { comm in
             if comm.rank == 0 {
                 let background = comm.runInBackground { channel in
                     for k in 0 ..< 5 { try channel.send([Float(k)], to: 1, tag: 4) }
@@ -215,9 +216,9 @@ final class InProcessCollectiveTests: XCTestCase {
     }
 
     func testBarrierWaitsForTheLastRank() {
-        let lastArrived = Collected<Bool>(size: 1)
-        let sawLastArrival = Collected<Bool>(size: 3)
-        runGroup(size: 3) { comm in
+        let lastArrived = PerRank<Bool>(size: 1)
+        let sawLastArrival = PerRank<Bool>(size: 3)
+        runRanksExpectingSuccess(3) { comm in
             if comm.rank == 2 {
                 Thread.sleep(forTimeInterval: 0.1)
                 lastArrived[0] = true
@@ -247,8 +248,8 @@ final class InProcessCollectiveTests: XCTestCase {
 
     func testSelfTestPassesOnEveryGroupSize() {
         for n in 1 ... 5 {
-            let lines = Collected<String>(size: n)
-            runGroup(size: n) { comm in
+            let lines = PerRank<String>(size: n)
+            runRanksExpectingSuccess(n) { comm in
                 lines[comm.rank] = try CollectiveSelfTest.run(communicator: comm)
             }
             for rank in 0 ..< n {
@@ -259,8 +260,8 @@ final class InProcessCollectiveTests: XCTestCase {
     }
 
     func testBenchmarkMeasuresBothAlgorithmsAndFormatsATable() {
-        let rows = Collected<[CollectiveBenchmark.Row]>(size: 2)
-        runGroup(size: 2) { comm in
+        let rows = PerRank<[CollectiveBenchmark.Row]>(size: 2)
+        runRanksExpectingSuccess(2) { comm in
             rows[comm.rank] = try CollectiveBenchmark.run(communicator: comm, sizesInBytes: [4096, 65536],
                                                           iterations: 2, rounds: 3)
         }

@@ -1,5 +1,6 @@
 import Collective
 import Foundation
+import SuraTestSupport
 import XCTest
 
 final class RingAllreduceTests: XCTestCase {
@@ -8,8 +9,8 @@ final class RingAllreduceTests: XCTestCase {
         for n in 1 ... 5 {
             for count in [0, 1, 2, 3, 4, 5, 7, 1000, 1_000_003] {
                 for op in [ReduceOperation.sum, .average] {
-                    let results = Collected<([Float], [Float])>(size: n)
-                    runGroup(size: n) { comm in
+                    let results = PerRank<([Float], [Float])>(size: n)
+                    runRanksExpectingSuccess(n) { comm in
                         var ring = contribution(rank: comm.rank, count: count)
                         var direct = ring
                         try RingAllreduce.allreduce(&ring, op: op, on: comm)
@@ -27,8 +28,8 @@ final class RingAllreduceTests: XCTestCase {
     }
 
     func testRingMinAndMax() {
-        let results = Collected<([Float], [Float])>(size: 3)
-        runGroup(size: 3) { comm in
+        let results = PerRank<([Float], [Float])>(size: 3)
+        runRanksExpectingSuccess(3) { comm in
             var low = noise(rank: comm.rank, count: 10)
             var high = low
             try RingAllreduce.allreduce(&low, op: .min, on: comm)
@@ -50,8 +51,8 @@ final class RingAllreduceTests: XCTestCase {
         for n in 2 ... 5 {
             for count in [23, 4099] {
                 for op in [ReduceOperation.sum, .average] {
-                    let results = Collected<[Float]>(size: n)
-                    runGroup(size: n) { comm in
+                    let results = PerRank<[Float]>(size: n)
+                    runRanksExpectingSuccess(n) { comm in
                         var values = noise(rank: comm.rank, count: count, salt: UInt64(count))
                         try RingAllreduce.allreduce(&values, op: op, on: comm)
                         results[comm.rank] = values
@@ -79,8 +80,8 @@ final class RingAllreduceTests: XCTestCase {
         for n in 2 ... 4 {
             for count in [5, 23, 1001] {
                 for segment in [1, 3, 64] {
-                    let results = Collected<([Float], [Float], Int)>(size: n)
-                    runGroup(size: n) { comm in
+                    let results = PerRank<([Float], [Float], Int)>(size: n)
+                    runRanksExpectingSuccess(n) { comm in
                         var whole = noise(rank: comm.rank, count: count, salt: 9)
                         var pieces = whole
                         try RingAllreduce.allreduce(&whole, op: .average, on: comm)
@@ -103,8 +104,8 @@ final class RingAllreduceTests: XCTestCase {
     func testRingSendsTwoNMinusOneOverNOfTheBuffer() {
         for n in 1 ... 5 {
             for count in [0, 1, 7, n * 1000, 1_000_003] {
-                let sent = Collected<Int>(size: n)
-                runGroup(size: n) { comm in
+                let sent = PerRank<Int>(size: n)
+                runRanksExpectingSuccess(n) { comm in
                     var values = contribution(rank: comm.rank, count: count)
                     let before = comm.bytesSent
                     try RingAllreduce.allreduce(&values, on: comm)
@@ -140,8 +141,8 @@ final class RingAllreduceTests: XCTestCase {
     }
 
     func testRingWithMismatchedCountsNamesTheNeighbour() {
-        let errors = Collected<CollectiveError>(size: 2)
-        runGroup(size: 2, timeout: 0.5) { comm in
+        let errors = PerRank<CollectiveError>(size: 2)
+        runRanksExpectingSuccess(2, timeout: 0.5) { comm in
             var values = [Float](repeating: 1, count: comm.rank == 0 ? 8 : 7)
             do {
                 try RingAllreduce.allreduce(&values, on: comm)

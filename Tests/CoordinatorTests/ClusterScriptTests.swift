@@ -1,5 +1,6 @@
 import Coordinator
 import Foundation
+import SuraTestSupport
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -8,20 +9,10 @@ import Glibc
 /// The built `sura` executable and the cluster/ scripts, run as a user would: `sura submit` and
 /// `sura jobs`, `local-cluster.sh` on loopback, and `netns-cluster.sh --check` inside network
 /// namespaces it creates and removes (root only). Each run is bounded by a timeout; tests skip
-/// when `sura` was not built with the commands they need.
+/// when `sura` is not built.
 final class ClusterScriptTests: XCTestCase {
     /// `sura` beside the test bundle (`swift build` puts every product in one folder).
-    private func sura(supporting command: String) throws -> URL {
-        let folder = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        let candidates = [folder, folder.deletingLastPathComponent()].map { $0.appendingPathComponent("sura") }
-        guard let executable = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-            throw XCTSkip("no built sura executable next to \(folder.path)")
-        }
-        // An unknown subcommand with --help prints the root help, so look for the command's own usage.
-        let help = try run(executable.path, [command, "--help"], timeout: 30)
-        guard help.output.contains("USAGE: sura \(command)") else { throw XCTSkip("this sura has no '\(command)' command yet") }
-        return executable
-    }
+    private func suraExecutable() throws -> URL { try BuiltProducts.executable("sura") }
 
     /// Runs a program to completion or until `timeout` seconds (then SIGKILL); status and output.
     private func run(_ program: String, _ arguments: [String], timeout: TimeInterval,
@@ -65,7 +56,7 @@ final class ClusterScriptTests: XCTestCase {
     private var basePort: Int { 20_000 + Int(getpid() % 2000) * 10 }
 
     func testSubmitAndJobsCommands() throws {
-        let sura = try sura(supporting: "submit").path
+        let sura = try suraExecutable().path
         let folder = try temporaryFolder()
         let train = folder.appendingPathComponent("train")
         try "#!/bin/sh\nexec /bin/sh \"$2\"\n".write(to: train, atomically: true, encoding: .utf8)
@@ -73,8 +64,7 @@ final class ClusterScriptTests: XCTestCase {
         try "echo hello from the job; sleep 30\n".write(to: folder.appendingPathComponent("cfg.sh"), atomically: true, encoding: .utf8)
         try "name: cli\nconfig: cfg.sh\nranks: 1\n".write(to: folder.appendingPathComponent("job.yaml"), atomically: true, encoding: .utf8)
         let jobs = ["--jobs-dir", folder.appendingPathComponent("jobs").path]
-        let mpirun = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first(where: FileManager.default.isExecutableFile(atPath:))
-        guard let mpirun else { throw XCTSkip("mpirun is not installed") }
+        let mpirun = try BuiltProducts.mpirun()
 
         let dry = try run(sura, ["submit", folder.appendingPathComponent("job.yaml").path, "--dry-run", "--train", train.path, "--mpirun", mpirun] + jobs, timeout: 30)
         XCTAssertEqual(dry.status, 0, dry.output)
@@ -109,8 +99,7 @@ final class ClusterScriptTests: XCTestCase {
     }
 
     func testLocalClusterStartsWorkersAndStopsThem() throws {
-        let sura = try sura(supporting: "serve").path
-        _ = try self.sura(supporting: "worker")
+        let sura = try suraExecutable().path
         let logs = try temporaryFolder()
         let result = try run("/bin/bash", [RepositoryPaths.cluster.appendingPathComponent("local-cluster.sh").path,
                                            "--workers", "2", "--duration", "1", "--port", "\(basePort)", "--http-port", "\(basePort + 2)",
@@ -129,8 +118,7 @@ final class ClusterScriptTests: XCTestCase {
               ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].contains(where: FileManager.default.isExecutableFile(atPath:)) else {
             throw XCTSkip("needs iproute2 and curl")
         }
-        let sura = try sura(supporting: "serve").path
-        _ = try self.sura(supporting: "worker")
+        let sura = try suraExecutable().path
         let logs = try temporaryFolder()
         let before = Set(try run("/bin/sh", ["-c", "ip netns list"], timeout: 10).output.split(separator: "\n"))
         // A /24 that differs per test process, so parallel runs never share one.

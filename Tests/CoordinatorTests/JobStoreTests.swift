@@ -1,5 +1,6 @@
 import Coordinator
 import Foundation
+import SuraTestSupport
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -259,9 +260,7 @@ final class JobStoreTests: XCTestCase {
 
     /// The same path with the real Open MPI: two ranks, each printing its rank.
     func testRealMpirunRunsEveryRank() throws {
-        guard let mpirun = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first(where: FileManager.default.isExecutableFile(atPath:)) else {
-            throw XCTSkip("mpirun is not installed")
-        }
+        let mpirun = try BuiltProducts.mpirun()
         launcher.mpirun = mpirun
         let record = try submit("mpi", "echo rank=$OMPI_COMM_WORLD_RANK threads=$SURA_THREADS", ranks: 2)
         let status = try store.wait(record.id, timeout: 60)

@@ -1,5 +1,6 @@
 import Coordinator
 import Foundation
+import SuraTestSupport
 import XCTest
 
 /// A `sura` process started by a test: output captured line by line, killed at the end.
@@ -9,32 +10,8 @@ final class SuraProcess {
     let name: String
     private var readers: [Thread] = []
 
-    /// The `sura` executable built beside this test bundle, if `serve` and `worker` are registered.
-    static func executable() throws -> URL {
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var dir = testBinary.deletingLastPathComponent()
-        for _ in 0..<4 {
-            let candidate = dir.appendingPathComponent("sura")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) {
-                // An unknown subcommand with --help prints the root help, so look for the worker's own usage.
-                let probe = Process()
-                let pipe = Pipe()
-                probe.executableURL = candidate
-                probe.arguments = ["worker", "--help"]
-                probe.standardOutput = pipe
-                probe.standardError = FileHandle.nullDevice
-                try probe.run()
-                let help = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                probe.waitUntilExit()
-                guard help.contains("USAGE: sura worker") else {
-                    throw XCTSkip("`sura worker` is not registered in SuraCommand yet")
-                }
-                return candidate
-            }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw XCTSkip("sura executable not built beside the tests (run `swift build --product sura` first)")
-    }
+    /// The `sura` executable built beside this test bundle.
+    static func executable() throws -> URL { try BuiltProducts.executable("sura") }
 
     init(_ arguments: [String], name: String) throws {
         self.name = name

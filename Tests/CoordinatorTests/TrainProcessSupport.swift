@@ -1,20 +1,19 @@
 import Foundation
+import SuraTestSupport
 import XCTest
 
 /// Running the built executables (`sura`, `train`) and mpirun from process tests.
 extension TrainProcessTests {
     static let mpiFlags = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]
 
-    /// An executable built beside this test bundle.
+    /// An executable built beside this test bundle; a missing one fails the test (CI builds them).
     static func executable(_ name: String) throws -> String {
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        for _ in 0 ..< 4 {
-            let candidate = dir.appendingPathComponent(name)
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate.path }
-            dir = dir.deletingLastPathComponent()
+        do {
+            return try BuiltProducts.executable(name).path
+        } catch {
+            XCTFail("\(name) is not built beside the tests: run `swift build -c release` first")
+            throw error
         }
-        XCTFail("\(name) is not built beside the tests: run `swift build -c release` first")
-        throw XCTSkip("no \(name) executable")
     }
 
     /// step → loss from a run folder's metrics.jsonl.
@@ -37,9 +36,12 @@ extension TrainProcessTests {
     }
 
     static func mpirun() throws -> String {
-        for path in ["/usr/bin/mpirun", "/usr/local/bin/mpirun"] where FileManager.default.isExecutableFile(atPath: path) { return path }
-        XCTFail("mpirun is not installed: run scripts/setup")
-        throw XCTSkip("no mpirun")
+        do {
+            return try BuiltProducts.mpirun()
+        } catch {
+            XCTFail("mpirun is not installed: run scripts/setup")
+            throw error
+        }
     }
 
     /// Process ids whose command line contains `text`.

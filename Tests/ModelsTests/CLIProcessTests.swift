@@ -1,14 +1,15 @@
 import Foundation
-import XCTest
 import Models
+import SuraTestSupport
 import Tensor
+import XCTest
 
 /// The `sura forward` and `sura generate` commands run as real processes on the fixture models,
 /// their outputs compared with the reference libraries' fixtures.
 final class CLIProcessTests: XCTestCase {
     /// Runs `sura arguments…` to completion (at most `timeout` s), returning (status, stdout + stderr).
     static func sura(_ arguments: [String], timeout: Double = 120) throws -> (Int32, String) {
-        let run = try SuraProcess.run(arguments, timeout: timeout)
+        let run = try ChildProcess.run(try BuiltProducts.executable("sura").path, arguments, timeout: timeout)
         return (run.status, run.out + run.err)
     }
 

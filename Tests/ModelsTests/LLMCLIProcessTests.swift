@@ -1,7 +1,8 @@
 import Foundation
-import XCTest
 import Models
+import SuraTestSupport
 import Tensor
+import XCTest
 
 /// `sura features`, `sura convert` and `sura complete` run as real processes: the feature cache
 /// against a direct forward of the fixture Llama, the converted folder loaded back, the real
@@ -9,7 +10,8 @@ import Tensor
 final class LLMCLIProcessTests: XCTestCase {
     /// Runs `sura arguments…` (at most `timeout` s), returning (status, stdout, stderr).
     static func sura(_ arguments: [String], timeout: Double = 60) throws -> (status: Int32, out: String, err: String) {
-        try SuraProcess.run(arguments, timeout: timeout)
+        let run = try ChildProcess.run(try BuiltProducts.executable("sura").path, arguments, timeout: timeout)
+        return (run.status, run.out, run.err)
     }
 
     private var scratch: URL!

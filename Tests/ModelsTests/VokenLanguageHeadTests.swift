@@ -66,9 +66,9 @@ final class VokenLanguageHeadTests: XCTestCase {
         }
         let encoder = try LLMPromptEncoder(model: Self.smolLM2, layer: -1, maxLength: 16)
         let v = 2, d = encoder.width
-        let vokens = try withoutGrad { encoder.llm.model.embedTokens.weight.mean(axes: [0], keepDims: true) }
+        let vokens = withoutGrad { encoder.llm.model.embedTokens.weight.mean(axes: [0], keepDims: true) }
             .expanded(to: [v, d]).contiguous()
-        let head = VokenLanguageHead(initial: try withoutGrad { encoder.llm.lmHead.weight.mean(axes: [0], keepDims: true) }
+        let head = VokenLanguageHead(initial: withoutGrad { encoder.llm.lmHead.weight.mean(axes: [0], keepDims: true) }
             .expanded(to: [v, d]).contiguous())
         var prompts: [String] = []
         for colour in ["red", "blue", "yellow", "black"] {

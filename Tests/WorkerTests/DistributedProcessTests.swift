@@ -1,30 +1,10 @@
 import Foundation
+import SuraTestSupport
 import XCTest
 
 /// Real processes under mpirun: `sura selftest training` with dp = 2 and with pp = 2 must match
 /// one process, and a rank killed with SIGKILL mid-run must end the job quickly, never hang.
 final class DistributedProcessTests: XCTestCase {
-    /// The `sura` executable built beside this test bundle.
-    static func suraExecutable() throws -> URL {
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var dir = testBinary.deletingLastPathComponent()
-        for _ in 0 ..< 4 {
-            let candidate = dir.appendingPathComponent("sura")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw XCTSkip("sura executable not built beside the tests (run `swift build` first)")
-    }
-
-    static func mpirun() throws -> String {
-        for path in ["/usr/bin/mpirun", "/usr/local/bin/mpirun"] where FileManager.default.isExecutableFile(atPath: path) {
-            return path
-        }
-        throw XCTSkip("mpirun not installed")
-    }
-
-    static let mpiFlags = ["--allow-run-as-root", "--oversubscribe"]
-
     /// A child process whose combined output is collected as it arrives.
     final class Child {
         let process = Process()
@@ -89,8 +69,8 @@ final class DistributedProcessTests: XCTestCase {
     }
 
     private func runSelfTest(ranks: Int, _ arguments: [String]) throws -> (Int32, String) {
-        try Self.requireTrainingSelfTest(try Self.suraExecutable())
-        let child = try Child(try Self.mpirun(), Self.mpiFlags + ["-np", "\(ranks)", try Self.suraExecutable().path,
+        try Self.requireTrainingSelfTest(try BuiltProducts.executable("sura"))
+        let child = try Child(try BuiltProducts.mpirun(), BuiltProducts.mpiFlags + ["-np", "\(ranks)", try BuiltProducts.executable("sura").path,
                                                                    "selftest", "training"] + arguments)
         defer { child.stop() }
         if !child.wait(upTo: 180) {
@@ -128,8 +108,8 @@ final class DistributedProcessTests: XCTestCase {
     }
 
     func testKillingARankMidRunEndsTheJobNamingIt() throws {
-        try Self.requireTrainingSelfTest(try Self.suraExecutable())
-        let child = try Child(try Self.mpirun(), Self.mpiFlags + ["-np", "2", try Self.suraExecutable().path,
+        try Self.requireTrainingSelfTest(try BuiltProducts.executable("sura"))
+        let child = try Child(try BuiltProducts.mpirun(), BuiltProducts.mpiFlags + ["-np", "2", try BuiltProducts.executable("sura").path,
                                                                    "selftest", "training", "--dp", "2",
                                                                    "--soak-steps", "100000000", "--report-pids"])
         defer { child.stop() }
@@ -154,10 +134,10 @@ final class DistributedProcessTests: XCTestCase {
     }
 
     func testAStalledRankIsNamedByTheOthersWithinTheTimeout() throws {
-        try Self.requireTrainingSelfTest(try Self.suraExecutable())
+        try Self.requireTrainingSelfTest(try BuiltProducts.executable("sura"))
         // SIGSTOP keeps rank 1 alive but silent: mpirun sees nothing wrong, so rank 0's own stall
         // detector must notice. Over the ring every wait is point to point and names the peer.
-        let child = try Child(try Self.mpirun(), Self.mpiFlags + ["-np", "2", try Self.suraExecutable().path,
+        let child = try Child(try BuiltProducts.mpirun(), BuiltProducts.mpiFlags + ["-np", "2", try BuiltProducts.executable("sura").path,
                                                                    "selftest", "training", "--dp", "2",
                                                                    "--algorithm", "ring",
                                                                    "--soak-steps", "100000000", "--report-pids"],

@@ -1,5 +1,6 @@
 import Collective
 import Foundation
+import SuraTestSupport
 import Tensor
 import Worker
 import XCTest
