@@ -230,6 +230,19 @@ final class PipelineStageTests: SingleThreadedTestCase {
         XCTAssertTrue("\(errors[0]!)".contains("rank 1"), "\(errors[0]!)")    // stage 0's send to 1 times out
     }
 
+    func testAStageRefusesToRunAgainAfterAFailedStep() {
+        runRanksExpectingSuccess(1) { comm in
+            let stage = try PipelineStage(communicator: comm, layers: [Linear(weight: Tensor(zeros: [3, 3]).asParameter())])
+            let input = { (_: Int) in Tensor(zeros: [2, 3]) }
+            XCTAssertThrowsError(try stage.run(.gpipe, microBatches: 1, input: input, loss: { out, _ in out })) { error in
+                XCTAssertTrue("\(error)".contains("not a scalar"), "\(error)")
+            }
+            XCTAssertThrowsError(try stage.run(.gpipe, microBatches: 1, input: input, loss: { out, _ in out.sum() })) { error in
+                XCTAssertTrue("\(error)".contains("cannot run another step after a failed one"), "\(error)")
+            }
+        }
+    }
+
     func testATensorThatCannotBeSentIsNamed() {
         let errors = PerRank<Error>(size: 2)
         runRanks(2, timeout: 0.3) { comm in

@@ -58,6 +58,9 @@ public final class PipelineStage {
     private let body: (Tensor, Int) throws -> Tensor
     /// Sends posted this step and not yet finished.
     private var pendingSends: [(OutgoingMessage, String)] = []
+    /// Why the last step failed, if it did: the stage and its neighbours are then out of step
+    /// (a receive started ahead may still be waiting), so it refuses to run again.
+    private var failure: String?
     /// The communicator's background channel, on which every pipeline message travels. Sends are
     /// posted on it from the stage's own thread; receives run on the communication thread.
     private let channel: Communicator
@@ -144,6 +147,10 @@ public final class PipelineStage {
     private func execute(_ schedule: PipelineSchedule, input: (Int) throws -> Tensor,
                          loss: (Tensor, Int) throws -> Tensor, computesLoss: Bool,
                          gradientSync: DataParallelReplica?) throws -> PipelineStepResult {
+        if let failure {
+            throw PipelineError.invalid("stage \(stage) cannot run another step after a failed one (\(failure)): "
+                + "its messages and its neighbours' are out of step")
+        }
         let m = schedule.microBatches
         let ops = schedule.operations(stage: stage)
         let training = schedule.runsBackward(stage: stage)
@@ -254,6 +261,7 @@ public final class PipelineStage {
             try finishSends()
         } catch {
             try? finishSends()
+            failure = "\(error)"
             throw error
         }
         if isLast {
