@@ -1,4 +1,5 @@
 import Foundation
+import SuraTestSupport
 import Tensor
 import XCTest
 
@@ -62,13 +63,7 @@ final class AdapterTrainProcessTests: XCTestCase {
     }
 
     static func launch(_ executable: String, _ arguments: [String], timeout: Double = 240) throws -> (status: Int32, output: String) {
-        let child = try TrainProcessTests.Child(executable, arguments)
-        if !child.wait(upTo: timeout) {
-            child.stop()
-            XCTFail("\(executable) \(arguments.joined(separator: " ")) did not finish in \(timeout) s:\n\(child.output)")
-        }
-        child.process.waitUntilExit()
-        return (child.process.terminationStatus, child.output)
+        try TrainProcessTests.child(executable, arguments).finish(within: timeout)
     }
 
     func run(_ name: String, _ arguments: [String], timeout: Double = 240) throws -> (status: Int32, output: String) {

@@ -56,67 +56,11 @@ extension TrainProcessTests {
 
     /// Runs to completion (killed after `timeout` s) in the repository folder, one thread per process.
     func run(_ executable: String, _ arguments: [String], timeout: Double = 180) throws -> (status: Int32, output: String) {
-        let child = try Child(executable, arguments)
-        if !child.wait(upTo: timeout) {
-            child.stop()
-            XCTFail("\(executable) \(arguments.joined(separator: " ")) did not finish in \(timeout) s:\n\(child.output)")
-        }
-        child.process.waitUntilExit()
-        return (child.process.terminationStatus, child.output)
+        try Self.child(executable, arguments).finish(within: timeout)
     }
 
-    /// A child process whose combined output is collected as it arrives.
-    final class Child {
-        let process = Process()
-        private let lock = NSLock()
-        private var data = Data()
-
-        init(_ executable: String, _ arguments: [String]) throws {
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-            process.currentDirectoryURL = TrainProcessTests.repository
-            var environment = ProcessInfo.processInfo.environment
-            environment["SURA_THREADS"] = "1"
-            process.environment = environment
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-                let chunk = handle.availableData
-                guard let self, !chunk.isEmpty else { return }
-                self.lock.lock()
-                self.data.append(chunk)
-                self.lock.unlock()
-            }
-            try process.run()
-        }
-
-        var output: String {
-            lock.lock()
-            defer { lock.unlock() }
-            return String(decoding: data, as: UTF8.self)
-        }
-
-        /// Waits until `condition(output)` holds, the process ends, or `seconds` pass; returns
-        /// whether the condition held (or, without one, whether the process ended).
-        @discardableResult
-        func wait(upTo seconds: Double, until condition: ((String) -> Bool)? = nil) -> Bool {
-            let deadline = Date().addingTimeInterval(seconds)
-            while Date() < deadline {
-                if let condition, condition(output) { return true }
-                if !process.isRunning {
-                    usleep(50_000)
-                    return condition?(output) ?? true
-                }
-                usleep(20_000)
-            }
-            return condition?(output) ?? !process.isRunning
-        }
-
-        func stop() {
-            guard process.isRunning else { return }
-            process.terminate()
-            if !wait(upTo: 5) { kill(process.processIdentifier, SIGKILL) }
-        }
+    /// Starts `executable` in the repository folder with one thread per process.
+    static func child(_ executable: String, _ arguments: [String]) throws -> StreamedProcess {
+        try StreamedProcess(executable, arguments, environment: ["SURA_THREADS": "1"], directory: repository)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import SuraTestSupport
 import Tensor
 import XCTest
 
@@ -231,7 +232,7 @@ final class TrainProcessTests: XCTestCase {
         let latest = URL(fileURLWithPath: path("kill/checkpoints/latest.safetensors"))
         var kills = 0
         for delay in [0.15, 0.4, 0.05, 0.3, 0.25] {
-            let child = try Child(try Self.executable("train"), ["--config", config] + (kills > 0 ? ["--resume"] : []))
+            let child = try Self.child(try Self.executable("train"), ["--config", config] + (kills > 0 ? ["--resume"] : []))
             // Wait for a first checkpoint, then kill at an arbitrary moment (checkpoints are written every step).
             XCTAssertTrue(child.wait(upTo: 120, until: { $0.contains("checkpoint") }), child.output)
             usleep(useconds_t(delay * 1e6))
@@ -252,7 +253,7 @@ final class TrainProcessTests: XCTestCase {
     func testARankKilledBySIGKILLEndsTheJob() throws {
         let mpirun = try Self.mpirun()
         let config = try writeConfig("dead.yaml", output: "dead", dp: 2, steps: 100_000, batch: 2, every: 1000)
-        let child = try Child(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", config])
+        let child = try Self.child(mpirun, Self.mpiFlags + ["-np", "2", try Self.executable("train"), "--config", config])
         defer { child.stop() }
         XCTAssertTrue(child.wait(upTo: 120, until: { $0.contains("train base [") }), child.output)
         let ranks = try Self.pids(matching: config).filter { $0 != child.process.processIdentifier }

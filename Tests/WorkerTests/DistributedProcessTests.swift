@@ -5,80 +5,15 @@ import XCTest
 /// Real processes under mpirun: `sura selftest training` with dp = 2 and with pp = 2 must match
 /// one process, and a rank killed with SIGKILL mid-run must end the job quickly, never hang.
 final class DistributedProcessTests: XCTestCase {
-    /// A child process whose combined output is collected as it arrives.
-    final class Child {
-        let process = Process()
-        private let lock = NSLock()
-        private var data = Data()
-
-        init(_ executable: String, _ arguments: [String], environment extra: [String: String] = [:]) throws {
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-            var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
-            environment["SURA_THREADS"] = "1"
-            process.environment = environment
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-                let chunk = handle.availableData
-                guard let self, !chunk.isEmpty else { return }
-                self.lock.lock()
-                self.data.append(chunk)
-                self.lock.unlock()
-            }
-            try process.run()
-        }
-
-        var output: String {
-            lock.lock()
-            defer { lock.unlock() }
-            return String(decoding: data, as: UTF8.self)
-        }
-
-        /// Waits until `condition(output)` holds or the process ends or `seconds` pass.
-        @discardableResult
-        func wait(upTo seconds: Double, until condition: (String) -> Bool = { _ in false }) -> Bool {
-            let deadline = Date().addingTimeInterval(seconds)
-            while Date() < deadline {
-                if condition(output) { return true }
-                if !process.isRunning { return condition(output) }
-                usleep(20_000)
-            }
-            return condition(output)
-        }
-
-        /// Ends the process (and so the job) if it is still running.
-        func stop() {
-            if process.isRunning {
-                process.terminate()
-                _ = wait(upTo: 5)
-                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            }
-        }
-    }
-
-    /// Skips (rather than fails) while `sura` is built without the `selftest training` subcommand.
-    static func requireTrainingSelfTest(_ sura: URL) throws {
-        let child = try Child(sura.path, ["selftest", "training", "--help"])
-        child.wait(upTo: 30)
-        child.stop()
-        if !child.output.contains("--micro-batches") {
-            throw XCTSkip("this sura build has no `selftest training` subcommand yet")
-        }
+    /// `mpirun -np ranks sura selftest training arguments…`, one thread per rank.
+    private func selfTestJob(ranks: Int, _ arguments: [String], environment: [String: String] = [:]) throws -> StreamedProcess {
+        try StreamedProcess(try BuiltProducts.mpirun(),
+                            BuiltProducts.mpiFlags + ["-np", "\(ranks)", try BuiltProducts.executable("sura").path, "selftest", "training"] + arguments,
+                            environment: environment.merging(["SURA_THREADS": "1"]) { $1 })
     }
 
     private func runSelfTest(ranks: Int, _ arguments: [String]) throws -> (Int32, String) {
-        try Self.requireTrainingSelfTest(try BuiltProducts.executable("sura"))
-        let child = try Child(try BuiltProducts.mpirun(), BuiltProducts.mpiFlags + ["-np", "\(ranks)", try BuiltProducts.executable("sura").path,
-                                                                   "selftest", "training"] + arguments)
-        defer { child.stop() }
-        if !child.wait(upTo: 180) {
-            XCTAssertFalse(child.process.isRunning, "selftest did not finish within 180 s:\n\(child.output)")
-        }
-        child.process.waitUntilExit()
-        usleep(100_000)    // let the last output arrive
-        return (child.process.terminationStatus, child.output)
+        try selfTestJob(ranks: ranks, arguments).finish(within: 180)
     }
 
     func testDataParallelTwoRanksUnderMPIRun() throws {
@@ -108,10 +43,7 @@ final class DistributedProcessTests: XCTestCase {
     }
 
     func testKillingARankMidRunEndsTheJobNamingIt() throws {
-        try Self.requireTrainingSelfTest(try BuiltProducts.executable("sura"))
-        let child = try Child(try BuiltProducts.mpirun(), BuiltProducts.mpiFlags + ["-np", "2", try BuiltProducts.executable("sura").path,
-                                                                   "selftest", "training", "--dp", "2",
-                                                                   "--soak-steps", "100000000", "--report-pids"])
+        let child = try selfTestJob(ranks: 2, ["--dp", "2", "--soak-steps", "100000000", "--report-pids"])
         defer { child.stop() }
         let started = child.wait(upTo: 120) { $0.contains("soak step 3\n") }
         guard started else { return XCTFail("the job never reached its third soak step:\n\(child.output)") }
@@ -134,14 +66,10 @@ final class DistributedProcessTests: XCTestCase {
     }
 
     func testAStalledRankIsNamedByTheOthersWithinTheTimeout() throws {
-        try Self.requireTrainingSelfTest(try BuiltProducts.executable("sura"))
         // SIGSTOP keeps rank 1 alive but silent: mpirun sees nothing wrong, so rank 0's own stall
         // detector must notice. Over the ring every wait is point to point and names the peer.
-        let child = try Child(try BuiltProducts.mpirun(), BuiltProducts.mpiFlags + ["-np", "2", try BuiltProducts.executable("sura").path,
-                                                                   "selftest", "training", "--dp", "2",
-                                                                   "--algorithm", "ring",
-                                                                   "--soak-steps", "100000000", "--report-pids"],
-                              environment: ["SURA_COLLECTIVE_TIMEOUT": "3"])
+        let child = try selfTestJob(ranks: 2, ["--dp", "2", "--algorithm", "ring", "--soak-steps", "100000000", "--report-pids"],
+                                    environment: ["SURA_COLLECTIVE_TIMEOUT": "3"])
         defer { child.stop() }
         guard child.wait(upTo: 120, until: { $0.contains("soak step 3\n") }) else {
             return XCTFail("the job never reached its third soak step:\n\(child.output)")
